@@ -1,0 +1,3 @@
+from hhalign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""Load models and tokenizers by hub id or local path; build tiny ones from scratch.
+
+    model, tok = load_causal_lm("facebook/opt-350m")          # hub (where reachable)
+    model, tok = load_causal_lm("runs/tiny/04_dpo/merged")    # local dir, or a LoRA adapter dir
+    tok = train_tokenizer(texts, vocab_size=2048)              # byte-level BPE, offline
+    lm = build_tiny_causal_lm(tok, TinyModelSection())         # a few-million-parameter OPT
+    rm = build_tiny_reward_model(train_tokenizer(texts, kind="classifier"), TinyModelSection())
+
+Benchmarks build the real architectures with random weights (same compute, no download):
+``build_random(opt_350m_config())`` and ``build_random(deberta_v3_large_config(), reward=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from hhalign.config import TinyModelSection
+
+# OPT's special-token layout: <s>=0, <pad>=1, </s>=2 (bos and eos), <unk>=3.
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "causal") -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``.
+
+    ``kind="causal"`` prepends ``</s>`` to every sequence as OPT's tokenizer does; ``kind="classifier"``
+    renders pairs as ``<s> A </s> B </s>`` for a sequence-classification reward model.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if kind == "causal":
+        tok.post_processor = processors.TemplateProcessing(
+            single="</s> $A", pair="</s> $A $B:1", special_tokens=[("</s>", eos)]
+        )
+    elif kind == "classifier":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1", special_tokens=[("<s>", bos), ("</s>", eos)]
+        )
+    else:
+        raise ValueError(f"kind must be 'causal' or 'classifier', got {kind!r}")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="</s>" if kind == "causal" else "<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        cls_token="<s>" if kind == "classifier" else None,
+        sep_token="</s>" if kind == "classifier" else None,
+        model_max_length=TinyModelSection().max_positions,
+    )
+
+
+def build_tiny_causal_lm(tokenizer: PreTrainedTokenizerBase, spec: TinyModelSection, seed: int = 0) -> OPTForCausalLM:
+    """An OPT-architecture causal LM of a few million parameters, randomly initialised."""
+    torch.manual_seed(seed)
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        word_embed_proj_dim=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        ffn_dim=spec.ffn_dim,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.convert_tokens_to_ids("</s>"),
+        eos_token_id=tokenizer.eos_token_id,
+        dropout=0.0,
+        attention_dropout=0.0,
+        do_layer_norm_before=True,
+    )
+    return OPTForCausalLM(config)
+
+
+def build_tiny_reward_model(
+    tokenizer: PreTrainedTokenizerBase, spec: TinyModelSection, seed: int = 0
+) -> DebertaV2ForSequenceClassification:
+    """A DeBERTa-v2 sequence classifier with one output (the reward), randomly initialised."""
+    torch.manual_seed(seed)
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        intermediate_size=spec.ffn_dim,
+        max_position_embeddings=spec.max_positions,
+        relative_attention=True,
+        position_buckets=64,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return DebertaV2ForSequenceClassification(config)
+
+
+def opt_350m_config() -> OPTConfig:
+    """facebook/opt-350m's architecture (331M parameters), written out so no download is needed."""
+    return OPTConfig(
+        vocab_size=50272,
+        hidden_size=1024,
+        word_embed_proj_dim=512,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        ffn_dim=4096,
+        max_position_embeddings=2048,
+        do_layer_norm_before=False,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
+        dropout=0.1,
+        attention_dropout=0.0,
+    )
+
+
+def deberta_v3_large_config() -> DebertaV2Config:
+    """microsoft/deberta-v3-large's architecture (the OpenAssistant reward model's backbone), one output."""
+    return DebertaV2Config(
+        vocab_size=128100,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=256,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        layer_norm_eps=1e-7,
+        max_relative_positions=-1,
+        type_vocab_size=0,
+        num_labels=1,
+        pad_token_id=0,
+    )
+
+
+def build_random(config: Any, reward: bool = False, seed: int = 0) -> PreTrainedModel:
+    """A model of ``config``'s architecture with random weights (for benchmarks)."""
+    torch.manual_seed(seed)
+    cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    return cls.from_config(config)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def check_model_source(name_or_path: str, what: str = "model") -> None:
+    """Fail early and clearly on a local path that is missing or is not a Hugging Face model."""
+    p = Path(name_or_path).expanduser()
+    looks_local = p.exists() or name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path)
+    if not looks_local:
+        return
+    if not p.exists():
+        raise ModelLoadError(
+            f"{what} path '{name_or_path}' does not exist. Pass a local model directory (one with config.json) "
+            "or a Hugging Face hub id such as facebook/opt-350m."
+        )
+    if not p.is_dir() or not ((p / "config.json").is_file() or is_adapter_dir(p)):
+        raise ModelLoadError(
+            f"{what} path '{name_or_path}' is not a model directory: it has no config.json (nor adapter_config.json). "
+            "Point at a folder written by save_pretrained, e.g. runs/NAME/03_sft/model."
+        )
+
+
+def _hub_error(name_or_path: str, what: str, err: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelLoadError(
+        f"could not load {what} '{name_or_path}' from the Hugging Face hub"
+        + (" (HF_HUB_OFFLINE=1 is set)" if offline else " (is the hub reachable from here?)")
+        + f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+        "Download it where the hub is reachable (huggingface-cli download ...) and pass the local directory instead."
+    )
+
+
+def load_tokenizer(name_or_path: str, pad_token: str = "eos", padding_side: str = "right") -> PreTrainedTokenizerBase:
+    check_model_source(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as e:
+        raise _hub_error(name_or_path, "tokenizer", e) from e
+    if pad_token == "eos" or tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    pad_token: str = "eos",
+    merge_adapter: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a hub id, a local model dir, or a PEFT LoRA adapter dir.
+
+    An adapter is loaded onto its base (``base_model_name_or_path`` in adapter_config.json) and,
+    by default, merged, so generation runs at the base model's speed.
+    """
+    check_model_source(name_or_path)
+    try:
+        if is_adapter_dir(name_or_path):
+            from peft import PeftModel
+
+            base = json.loads((Path(name_or_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+            check_model_source(base, "adapter base model")
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+            model = PeftModel.from_pretrained(model, name_or_path)
+            if merge_adapter:
+                model = model.merge_and_unload()
+            tok_src = name_or_path if (Path(name_or_path) / "tokenizer_config.json").is_file() else base
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+            tok_src = name_or_path
+    except OSError as e:
+        raise _hub_error(name_or_path, "model", e) from e
+    tok = load_tokenizer(tok_src, pad_token=pad_token)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok
+
+
+def load_reward_model(
+    name_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence-classification reward model (score = logits[0]) and its tokenizer."""
+    check_model_source(name_or_path, "reward model")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as e:
+        raise _hub_error(name_or_path, "reward model", e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def check_config_exists(name_or_path: str) -> None:
+    """Resolve a model's config without its weights (cheap validation before training starts)."""
+    check_model_source(name_or_path)
+    if is_adapter_dir(name_or_path):
+        return
+    try:
+        AutoConfig.from_pretrained(name_or_path)
+    except OSError as e:
+        raise _hub_error(name_or_path, "model", e) from e

@@ -1,0 +1,154 @@
+"""Response files: the study's format, ``{variant}_{set}.json``, read and checked with clear errors.
+
+A response file is a JSON list of ``{"prompt": str, "response": str, "rating": number}`` (the
+rating appears once the score stage has run; extra fields are kept). The study's released files,
+named like ``1_base_harmful.json`` and ``4_sftdpo_helpful.json``, are valid input as they are.
+
+    data = load_scored_dir("../shared/data/paper/responses")   # {"base": {"harmful": [...], ...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from hhalign.config import PROMPT_SETS, VARIANTS
+
+SCORE_DIR = "08_score"  # where a run folder keeps its rated responses (DESIGN.md, run folder)
+
+# The study spells SFT+DPO "sftdpo" in its file names (4_sftdpo_harmful.json).
+_ALIASES = {"sftdpo": "sft_dpo", "sft+dpo": "sft_dpo", "sft-dpo": "sft_dpo"}
+# Optional study-style number prefix, a variant (longest names first), a prompt set.
+_FILENAME = re.compile(
+    r"^(?:\d+_)?(?P<variant>sft_dpo|sftdpo|base|sft|dpo)_(?P<set>" + "|".join(PROMPT_SETS) + r")\.json$",
+    re.IGNORECASE,
+)
+
+
+class ResponseFileError(ValueError):
+    """A response file or folder that cannot be used, with the file, the entry and what is wrong."""
+
+
+def canonical_variant(name: str) -> str:
+    """'base', 'sft', 'dpo', 'sft_dpo', and the study's 'sftdpo' / 'SFT+DPO' -> canonical name."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; allowed: {', '.join(VARIANTS)} (also 'sftdpo' or 'sft+dpo' for sft_dpo)")
+    return key
+
+
+def parse_response_filename(name: str | Path) -> tuple[str, str] | None:
+    """``base_harmful.json`` or ``4_sftdpo_helpful.json`` -> (variant, set); any other name -> None."""
+    m = _FILENAME.match(Path(name).name)
+    if m is None:
+        return None
+    return canonical_variant(m["variant"]), m["set"].lower()
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+def load_responses(path: str | Path, require_rating: bool = False) -> list[dict[str, Any]]:
+    """Read and check one response file; ratings come back as floats.
+
+    Entries are numbered from 1 in error messages, with the 0-based list index beside it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ResponseFileError(f"{path}: cannot read response file: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ResponseFileError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if not isinstance(data, list):
+        raise ResponseFileError(
+            f'{path}: expected a JSON list of {{"prompt", "response", "rating"}} objects, got {type(data).__name__}'
+        )
+    return [_check_entry(path, i, entry, require_rating) for i, entry in enumerate(data)]
+
+
+def _check_entry(path: Path, i: int, entry: Any, require_rating: bool) -> dict[str, Any]:
+    where = f"{path}: entry {i + 1} (index {i})"
+    if not isinstance(entry, dict):
+        raise ResponseFileError(f"{where} is not an object but {type(entry).__name__}: {_short(entry)}")
+    for key in ("prompt", "response"):
+        if key not in entry:
+            raise ResponseFileError(f'{where} has no "{key}"')
+        if not isinstance(entry[key], str):
+            raise ResponseFileError(f'{where}\'s "{key}" is {_short(entry[key])}, not a string')
+    out = dict(entry)
+    if "rating" in entry:
+        out["rating"] = _number(entry["rating"], where)
+    elif require_rating:
+        raise ResponseFileError(f'{where} has no "rating": score the file first (hhalign score)')
+    return out
+
+
+def _number(value: Any, where: str) -> float:
+    # bool is an int in Python and NaN/inf parse as JSON floats: none of them is a rating.
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise ResponseFileError(f'{where}\'s "rating" is {_short(value)}, not a number')
+    return float(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- a folder
+
+
+def discover(directory: str | Path) -> dict[tuple[str, str], Path]:
+    """Map (variant, set) -> file for the response files in a folder, or in a run folder's ``08_score/``.
+
+    Other files (``manifest.json``, notes) are ignored; two files for one (variant, set) is an error.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ResponseFileError(f"{directory}: no such folder of response files")
+    found = _scan(directory)
+    if not found and (directory / SCORE_DIR).is_dir():
+        found = _scan(directory / SCORE_DIR)
+    return found
+
+
+def _scan(directory: Path) -> dict[tuple[str, str], Path]:
+    found: dict[tuple[str, str], Path] = {}
+    for p in sorted(directory.iterdir()):
+        key = parse_response_filename(p.name) if p.is_file() else None
+        if key is None:
+            continue
+        if key in found:
+            raise ResponseFileError(
+                f"{directory}: both {found[key].name} and {p.name} hold {key[0]}/{key[1]} responses; keep one"
+            )
+        found[key] = p
+    return found
+
+
+def load_scored_dir(directory: str | Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """variant -> set -> rated entries, for every response file found (variants in study order)."""
+    directory = Path(directory)
+    found = discover(directory)
+    if not found:
+        raise ResponseFileError(
+            f"{directory}: no response files found (nor in {SCORE_DIR}/); expected names like "
+            "base_harmful.json, sft_dpo_helpful.json or the study's 1_base_harmful.json"
+        )
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for variant in VARIANTS:
+        for prompt_set in PROMPT_SETS:
+            if (variant, prompt_set) in found:
+                entries = load_responses(found[variant, prompt_set], require_rating=True)
+                if not entries:
+                    raise ResponseFileError(f"{found[variant, prompt_set]}: the list is empty; there is nothing to measure")
+                out.setdefault(variant, {})[prompt_set] = entries
+    return out

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real data in ../shared/data, tiny models built from scratch (never downloaded)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HH_DIR = SHARED_DATA / "hh-rlhf"
+PAPER_DIR = SHARED_DATA / "paper"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"reference data not found at {path}: put the project's shared/ folder beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hh_dir() -> Path:
+    """Local HH-RLHF layout (only harmless-base/test.jsonl.gz is present)."""
+    return _need(HH_DIR)
+
+
+@pytest.fixture(scope="session")
+def paper_dir() -> Path:
+    return _need(PAPER_DIR)
+
+
+@pytest.fixture(scope="session")
+def hh_rows(hh_dir: Path) -> list[dict]:
+    with gzip.open(hh_dir / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -> Path:
+    """A saved tiny OPT causal LM + byte-level BPE tokenizer trained on real dialogues."""
+    from hhalign.config import TinyModelSection
+    from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    tok = train_tokenizer([r["chosen"] for r in hh_rows[:500]], vocab_size=1024)
+    model = build_tiny_causal_lm(tok, TinyModelSection(hidden_size=64, num_layers=2, num_heads=2, ffn_dim=128))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -> Path:
+    """A saved tiny DeBERTa-v2 reward model (one logit) with a pair-aware BPE tokenizer."""
+    from hhalign.config import TinyModelSection
+    from hhalign.modeling import build_tiny_reward_model, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_rm")
+    tok = train_tokenizer([r["chosen"] for r in hh_rows[:500]], vocab_size=1024, kind="classifier")
+    model = build_tiny_reward_model(tok, TinyModelSection(hidden_size=64, num_layers=2, num_heads=2, ffn_dim=128))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
