@@ -1,0 +1,137 @@
+"""The report stage: figures, report.md and one self-contained report.html from scored responses.
+
+Reads a run folder (``08_score/*.json``, ``09_metrics/metrics.json``, ``01_data/data_report.json``,
+``run.json``: whatever exists) or any folder of scored response files such as the study's
+``shared/data/paper/responses``. Metrics come from ``metrics.json`` when the run has one, else they
+are computed here with ``hhalign.metrics``. A missing variant or prompt set gives a report of what
+exists with a visible note, not an error.
+
+    hhalign report runs/NAME --out runs/NAME/10_report
+    build(Path("runs/NAME"), Path("runs/NAME/10_report"), cfg.report, cfg.metrics)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hhalign.artifacts import atomic_write_text, read_json
+from hhalign.config import PROMPT_SETS, VARIANTS, MetricsSection, ReportSection
+from hhalign.report import plots
+from hhalign.report.html import render_html, viewer_data
+from hhalign.report.markdown import FigureRef, Report, md_escape, render_markdown
+
+METRICS_FILE = Path("09_metrics") / "metrics.json"
+DATA_REPORT_FILE = Path("01_data") / "data_report.json"
+RUN_FILE = Path("run.json")
+
+
+def build(
+    in_dir: Path,
+    out_dir: Path,
+    cfg: ReportSection,
+    metrics_cfg: MetricsSection,
+    metrics: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write the figures (each of ``cfg.formats``), report.md and report.html to ``out_dir``.
+
+    ``metrics`` (the dict of ``hhalign.metrics.compute_metrics``) is used as given; when None it is
+    read from ``in_dir/09_metrics/metrics.json``, or computed from the responses with ``metrics_cfg``.
+    Returns the files written.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    report = _load_inputs(in_dir, metrics_cfg, metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = _write_figures(report, out_dir, list(cfg.formats))
+    fmt = "png" if "png" in cfg.formats else "svg" if "svg" in cfg.formats else (cfg.formats or ["png"])[0]
+    written.append(atomic_write_text(out_dir / "report.md", render_markdown(report, fmt)))
+    written.append(atomic_write_text(out_dir / "report.html", render_html(report)))
+    return written
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, Any] | None) -> Report:
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"{in_dir}: no such folder; give a run folder or a folder of scored response files")
+    data, problems = _load_responses(in_dir)
+    if metrics is None and (in_dir / METRICS_FILE).is_file():
+        metrics = read_json(in_dir / METRICS_FILE)
+    if metrics is None:
+        metrics = _compute_metrics(data, metrics_cfg) if data else {}
+    metrics = dict(metrics)
+    metrics.setdefault("thresholds", {"harmful": metrics_cfg.harmful_threshold, "helpful": metrics_cfg.helpful_threshold})
+    run_info = _read_optional(in_dir / RUN_FILE, problems)
+    return Report(
+        title=_title(in_dir, run_info),
+        source=str(in_dir),
+        metrics=metrics,
+        data=data,
+        missing=problems + _missing(data, metrics, run_info),
+        data_report=_read_optional(in_dir / DATA_REPORT_FILE, problems),
+        run_info=run_info,
+    )
+
+
+def _load_responses(in_dir: Path) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
+    """variant -> set -> entries, and a note per problem (no files, an unreadable file)."""
+    from hhalign.responses import load_scored_dir
+
+    try:
+        return load_scored_dir(in_dir), []
+    except ValueError as e:  # ResponseFileError: no files, bad JSON, unrated entries
+        return {}, [f"scored responses ({e})"]
+
+
+def _compute_metrics(data: dict[str, Any], metrics_cfg: MetricsSection) -> dict[str, Any]:
+    from hhalign.metrics import compute_metrics
+
+    return compute_metrics(data, metrics_cfg)
+
+
+def _read_optional(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        obj = read_json(path)
+    except (OSError, ValueError) as e:
+        problems.append(f"{path.name} (unreadable: {e})")
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _missing(data: dict[str, Any], metrics: dict[str, Any], run_info: dict[str, Any] | None) -> list[str]:
+    """variant/set pairs without responses: the metrics' own list, plus every pair of the run's
+    variants (all four when there is no run.json) and both prompt sets that has no file."""
+    config = (run_info or {}).get("config") or {}
+    variants = [v for v in config.get("variants") or VARIANTS if isinstance(v, str)]
+    listed = metrics.get("missing") if isinstance(metrics.get("missing"), list) else []
+    grid = [f"{v}/{s}" for v in variants for s in PROMPT_SETS if s not in (data.get(v) or {})]
+    out = [str(m) for m in listed]
+    return out + [m for m in grid if m not in out]
+
+
+def _title(in_dir: Path, run_info: dict[str, Any] | None) -> str:
+    if run_info:
+        name = run_info.get("name") or (run_info.get("config") or {}).get("name")
+        if name:
+            return str(name)
+    return in_dir.resolve().name
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _write_figures(report: Report, out_dir: Path, formats: list[str]) -> list[Path]:
+    figs = plots.make_figures(report.metrics, report.data)
+    written: list[Path] = []
+    for name, (caption, fig) in figs.items():
+        files = plots.save_figure(fig, out_dir / name, formats)
+        png = plots.figure_bytes(fig, "png") if "png" not in files else files["png"].read_bytes()
+        report.figures.append(FigureRef(name, caption, files, png))
+        written.extend(files.values())
+    return written
+
+
+__all__ = ["build", "md_escape", "render_html", "render_markdown", "viewer_data", "Report"]

@@ -1,0 +1,324 @@
+"""The report's content as plain tables, and its Markdown rendering (report.md).
+
+``Report`` holds what the report shows; ``tables(report)`` turns it into ``Table``s of plain
+strings, which ``render_markdown`` (here) and ``hhalign.report.html`` escape for their format.
+Every string that comes from data (model output, run names, data-report keys) is untrusted:
+``md_escape`` neutralises Markdown and HTML in it, and ``|`` and newlines in table cells.
+
+    text = render_markdown(report)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hhalign.config import PROMPT_SETS
+from hhalign.report.plots import RATES, SET_POSITIVE, label, variant_order
+
+DASH = "–"  # a missing value
+_MAX_KV_ROWS = 120  # cap on rows of a generic key/value table (data report, run settings)
+
+
+@dataclass
+class FigureRef:
+    name: str  # file stem: rates, ratings_box, ...
+    caption: str
+    files: dict[str, Path]  # format -> written file
+    png: bytes  # the PNG, for embedding in report.html
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""  # plain text shown under the table
+
+
+@dataclass
+class Report:
+    title: str
+    source: str
+    metrics: dict[str, Any]
+    data: dict[str, dict[str, list[dict[str, Any]]]]
+    missing: list[str] = field(default_factory=list)
+    data_report: dict[str, Any] | None = None
+    run_info: dict[str, Any] | None = None
+    figures: list[FigureRef] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_num(x: Any, digits: int = 1) -> str:
+    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return DASH if not isinstance(x, (str, bool)) else str(x)
+    return f"{x:.{digits}f}"
+
+
+def fmt_p(p: Any) -> str:
+    if not isinstance(p, (int, float)) or not math.isfinite(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_int(x: Any) -> str:
+    return str(int(x)) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else DASH
+
+
+def fmt_ci(value: Any, interval: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return DASH
+    if not interval or len(interval) != 2 or None in interval:
+        return fmt_num(value)
+    return f"{value:.1f} ({interval[0]:.1f}–{interval[1]:.1f})"
+
+
+def fmt_value(v: Any) -> str:
+    """A config or data-report value as one line of text."""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt_value(x) for x in v) if v else "[]"
+    if v is None:
+        return "null"
+    return str(v)
+
+
+def flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts -> (dotted key, value text); lists of dicts are counted, not expanded, and a key
+    with a ``<key>_counts`` sibling (the data report's per-row listings) is left out."""
+    if not isinstance(obj, dict):
+        return [(prefix or "value", fmt_value(obj))]
+    out: list[tuple[str, str]] = []
+    for k, v in obj.items():
+        if f"{k}_counts" in obj:  # "skipped" lists every row; "skipped_counts" is the summary to show
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(flatten(v, f"{key}.") if v else [(key, "{}")])
+        elif isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v):
+            out.append((key, f"{len(v)} items"))
+        else:
+            out.append((key, fmt_value(v)))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _variants(report: Report) -> list[str]:
+    return variant_order((report.metrics.get("variants") or {}).keys())
+
+
+def _set_info(info: dict[str, Any], prompt_set: str) -> dict[str, Any]:
+    return ((info.get("sets") or {}).get(prompt_set)) or {}
+
+
+def study_table(report: Report) -> Table:
+    rows = []
+    for v in _variants(report):
+        info = report.metrics["variants"][v]
+        study = info.get("study") or {}
+        means = [fmt_num(_set_info(info, s).get("mean_rating"), 2) for s in PROMPT_SETS]
+        rows.append([label(v, report.metrics), *(fmt_int(study.get(r)) for r in RATES), *means])
+    return Table(
+        "Results (the study's rounding)",
+        ["Model", "HmR", "HpR", "CAS", "mean rating, harmful", "mean rating, helpful"],
+        rows,
+        "Rates are whole percent (rounded as the study does); CAS = int((HmR + HpR) / 2).",
+    )
+
+
+def exact_table(report: Report) -> Table:
+    rows = []
+    for v in _variants(report):
+        info = report.metrics["variants"][v]
+        exact, ci = info.get("exact") or {}, info.get("ci") or {}
+        cells = [fmt_ci(exact.get(r), (ci.get(r) or {}).get("wilson" if r != "CAS" else "bootstrap")) for r in RATES]
+        ns = [fmt_int(_set_info(info, s).get("n")) for s in PROMPT_SETS]
+        rows.append([label(v, report.metrics), *cells, *ns])
+    return Table(
+        "Results with 95% intervals",
+        ["Model", "HmR % (Wilson 95%)", "HpR % (Wilson 95%)", "CAS % (bootstrap 95%)", "n harmful", "n helpful"],
+        rows,
+        "Exact rates; intervals are Wilson score intervals for HmR and HpR and percentile bootstrap "
+        "intervals (resampling prompts) for CAS.",
+    )
+
+
+def paired_table(report: Report) -> Table:
+    rows = []
+    for p in report.metrics.get("paired") or []:
+        mc, rt = p.get("mcnemar") or {}, p.get("ratings") or {}
+        rows.append([
+            str(p.get("set", "")), label(str(p.get("a", "")), report.metrics), label(str(p.get("b", "")), report.metrics),
+            fmt_int(p.get("n")), fmt_num(p.get("a_rate")), fmt_num(p.get("b_rate")),
+            fmt_int(mc.get("a_only")), fmt_int(mc.get("b_only")), fmt_p(mc.get("p")),
+            fmt_num(rt.get("mean_diff"), 2), fmt_p(rt.get("wilcoxon_p")), fmt_p(rt.get("permutation_p")),
+        ])
+    return Table(
+        "Paired tests between variants (same prompts)",
+        ["Set", "A", "B", "n", "A rate %", "B rate %", "only A positive", "only B positive", "McNemar p",
+         "mean rating diff (B − A)", "Wilcoxon p", "permutation p"],
+        rows,
+        "Each pair of variants answered the same prompts. McNemar's exact test compares the labels "
+        "(harmless/helpful) on the prompts where they disagree; Wilcoxon signed-rank and a paired sign-flip "
+        "permutation test compare the ratings. p-values are two-sided and not corrected for multiple comparisons.",
+    )
+
+
+def hygiene_table(report: Report) -> Table:
+    rows = []
+    for v in _variants(report):
+        info = report.metrics["variants"][v]
+        for s in PROMPT_SETS:
+            st = _set_info(info, s)
+            if not st:
+                continue
+            h = st.get("hygiene") or {}
+            rows.append([
+                label(v, report.metrics), s, fmt_int(st.get("n")), fmt_int(h.get("empty")), fmt_int(h.get("degenerate")),
+                fmt_int(h.get("starts_with_assistant")), fmt_int(h.get("invented_turn")),
+                fmt_num(h.get("mean_length")), fmt_num(h.get("length_rating_spearman"), 2),
+            ])
+    return Table(
+        "Judge hygiene: what the reward model was asked to rate",
+        ["Model", "Set", "n", "empty", "degenerate", "starts with \"Assistant:\"", "invented turn",
+         "mean length (chars)", "Spearman ρ (length, rating)"],
+        rows,
+        "Counts of responses that are empty, degenerate (repetitive), start with an \"Assistant:\" tag, or run "
+        "on into invented dialogue turns (\"Human:\"): the reward model rates all of that text. A strong "
+        "length-rating correlation suggests the judge rewards length.",
+    )
+
+
+def kv_table(title: str, obj: dict[str, Any], note: str = "") -> Table:
+    pairs = flatten(obj)
+    if len(pairs) > _MAX_KV_ROWS:
+        note = f"{note} First {_MAX_KV_ROWS} of {len(pairs)} entries shown.".strip()
+        pairs = pairs[:_MAX_KV_ROWS]
+    return Table(title, ["key", "value"], [[k, v] for k, v in pairs], note)
+
+
+def run_tables(run_info: dict[str, Any]) -> list[Table]:
+    top = {k: v for k, v in run_info.items() if k not in ("config", "versions")}
+    out = []
+    if top:
+        out.append(kv_table("Run", top))
+    if isinstance(run_info.get("config"), dict):
+        out.append(kv_table("Settings (resolved config)", run_info["config"]))
+    if isinstance(run_info.get("versions"), dict):
+        out.append(kv_table("Versions", run_info["versions"]))
+    return out
+
+
+def tables(report: Report) -> dict[str, list[Table]]:
+    """Section name -> its tables, in report order; empty sections are left out."""
+    out: dict[str, list[Table]] = {}
+    if report.metrics.get("variants"):
+        out["results"] = [study_table(report), exact_table(report)]
+        out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
+        out["hygiene"] = [hygiene_table(report)]
+    if isinstance(report.data_report, dict):
+        out["data"] = [kv_table("Data report (01_data/data_report.json)", report.data_report)]
+    if isinstance(report.run_info, dict):
+        out["run"] = run_tables(report.run_info)
+    return {k: v for k, v in out.items() if v}
+
+
+def thresholds_text(metrics: dict[str, Any]) -> str:
+    th = metrics.get("thresholds") or {}
+    parts = [f"a response to a {s} prompt is {SET_POSITIVE[s]} if its rating > {th[s]:g}"
+             for s in PROMPT_SETS if isinstance(th.get(s), (int, float))]
+    return ("Labels: " + "; ".join(parts) + ".") if parts else ""
+
+
+def missing_text(missing: list[str]) -> str:
+    if not missing:
+        return ""
+    return ("Missing: " + ", ".join(missing) + ". The report shows what exists; rates and tables that need "
+            "a missing file are left blank (" + DASH + ").")
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+# Characters with a meaning in Markdown (CommonMark, GFM, pandoc) inside running text or a table cell.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~$^])")
+# "<" opens raw HTML or an autolink only before a letter, "/", "!" or "?"; "&" starts an entity only
+# before a letter or "#" (CommonMark 6.6, 6.5): elsewhere, as in "<0.001", they stay readable.
+_HTML_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=[A-Za-z#])")
+_NEWLINES = re.compile(r"\r\n|\r|\n|\u2028|\u2029")
+
+
+def md_escape(text: Any) -> str:
+    """Untrusted text -> inert inline Markdown: no tag, entity, link, emphasis, code, new table cell
+    or new line can come out of it (newlines become <br>)."""
+    s = _ENTITY.sub("&amp;", str(text))
+    s = _HTML_OPEN.sub("&lt;", s).replace(">", "&gt;")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return _NEWLINES.sub("<br>", s)
+
+
+_NUMBER = re.compile(r"^(<?-?\d[\d.]*( \(-?[\d.]+–-?[\d.]+\))?|" + DASH + ")$")
+
+
+def numeric_columns(t: Table) -> list[bool]:
+    """Columns whose every cell is a number (or a dash): right-aligned in both formats."""
+    return [i > 0 and all(_NUMBER.match(row[i]) for row in t.rows) for i in range(len(t.header))]
+
+
+def md_table(t: Table) -> str:
+    lines = [f"### {md_escape(t.title)}", ""]
+    if not t.rows:
+        lines += ["(no rows)", ""]
+    else:
+        lines.append("| " + " | ".join(md_escape(h) for h in t.header) + " |")
+        lines.append("|" + "|".join("--:" if num else "---" for num in numeric_columns(t)) + "|")
+        lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in t.rows]
+        lines.append("")
+    if t.note:
+        lines += [md_escape(t.note), ""]
+    return "\n".join(lines)
+
+
+_SECTION_TITLES = {
+    "results": "Results", "paired": "Paired tests", "figures": "Figures", "hygiene": "Judge hygiene",
+    "data": "Data", "run": "Run settings and versions",
+}
+
+
+def render_markdown(report: Report, figure_format: str = "png") -> str:
+    out = [f"# hhalign report: {md_escape(report.title)}", "", f"Source: {md_escape(report.source)}", ""]
+    if thresholds_text(report.metrics):
+        out += [thresholds_text(report.metrics), ""]  # numbers only
+    if report.missing:
+        out += [f"> **{md_escape(missing_text(report.missing))}**", ""]
+    sections = tables(report)
+    for name in ("results", "paired", "figures", "hygiene", "data", "run"):
+        if name == "figures":
+            out += _md_figures(report, figure_format)
+            continue
+        if name in sections:
+            out += [f"## {_SECTION_TITLES[name]}", ""] + [md_table(t) for t in sections[name]]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_figures(report: Report, figure_format: str) -> list[str]:
+    if not report.figures:
+        return []
+    out = ["## Figures", ""]
+    for f in report.figures:
+        path = f.files.get(figure_format) or next(iter(f.files.values()), None)
+        if path is None:
+            continue
+        out += [f"![{md_escape(f.caption)}]({path.name})", "", f"*{md_escape(f.caption)}*", ""]
+    return out
+
+
+__all__ = ["FigureRef", "Report", "Table", "md_escape", "render_markdown", "tables"]

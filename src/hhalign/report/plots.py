@@ -1,0 +1,280 @@
+"""Report figures: one consistent colour per variant, readable at a glance.
+
+Each ``fig_*`` function takes the metrics dict (``hhalign.metrics.compute_metrics``) and, where it
+needs the ratings themselves, the scored responses (``hhalign.responses.load_scored_dir``), and
+returns a matplotlib Figure, or None when there is nothing to draw. ``make_figures`` draws them
+all and returns them by name; ``save_figure`` writes one atomically in each requested format.
+
+    caption, fig = make_figures(metrics, data)["rates"]
+    paths = save_figure(fig, out_dir / "rates", ["png", "svg"])  # {"png": .../rates.png, "svg": ...}
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from hhalign.config import PROMPT_SETS, VARIANT_LABELS, VARIANTS
+
+# Okabe-Ito colours (colour-blind safe), one per variant, used by every figure and the HTML viewer.
+VARIANT_COLORS = {"base": "#7f7f7f", "sft": "#0072B2", "dpo": "#E69F00", "sft_dpo": "#009E73"}
+_SPARE_COLORS = ("#CC79A7", "#D55E00", "#56B4E9", "#F0E442")
+RATES = ("HmR", "HpR", "CAS")
+RATE_TITLES = {"HmR": "HmR (% harmless)", "HpR": "HpR (% helpful)", "CAS": "CAS (mean of both)"}
+# The rate each prompt set feeds, and what its positive label is called.
+SET_RATE = {"harmful": "HmR", "helpful": "HpR"}
+SET_POSITIVE = {"harmful": "harmless", "helpful": "helpful"}
+DPI = 150
+# Applied while drawing and saving only: the caller's matplotlib settings are left alone. Figures are
+# plain matplotlib.figure.Figure objects, never pyplot's, so no backend or global state is touched.
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "hhalign",  # stable SVG ids, so reruns give identical files
+    "svg.fonttype": "none",  # text stays text in the SVG (searchable, smaller)
+}
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def variant_order(names: Iterable[str]) -> list[str]:
+    """Study order (Base, SFT, DPO, SFT+DPO) first, any other names after, alphabetically."""
+    names = list(names)
+    return [v for v in VARIANTS if v in names] + sorted(v for v in names if v not in VARIANTS)
+
+
+def variant_colors(names: Iterable[str]) -> dict[str, str]:
+    ordered = variant_order(names)
+    spare = iter(_SPARE_COLORS * (1 + len(ordered) // len(_SPARE_COLORS)))
+    return {v: VARIANT_COLORS.get(v) or next(spare) for v in ordered}
+
+
+def label(variant: str, metrics: dict[str, Any] | None = None) -> str:
+    info = ((metrics or {}).get("variants") or {}).get(variant) or {}
+    return str(info.get("label") or VARIANT_LABELS.get(variant, variant))
+
+
+def _bar_group(ax: Any, metrics: dict[str, Any], with_ci: bool) -> None:
+    """Bars of HmR/HpR/CAS (x groups), one bar per variant; 95% whiskers when ``with_ci``."""
+    variants = variant_order(metrics.get("variants", {}))
+    colors = variant_colors(variants)
+    width = 0.8 / max(len(variants), 1)
+    for j, v in enumerate(variants):
+        info = metrics["variants"][v]
+        exact = info.get("exact") or {}
+        xs, ys, lo, hi = [], [], [], []
+        for i, rate in enumerate(RATES):
+            y = exact.get(rate)
+            if y is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(y)
+            interval = _interval(info, rate)
+            lo.append(y - interval[0] if interval else 0.0)
+            hi.append(interval[1] - y if interval else 0.0)
+        if not xs:
+            continue
+        yerr = [lo, hi] if with_ci else None
+        bars = ax.bar(xs, ys, width * 0.92, color=colors[v], label=label(v, metrics), yerr=yerr,
+                      capsize=3, error_kw={"elinewidth": 1, "ecolor": "#222222"})
+        if not with_ci:
+            ax.bar_label(bars, labels=[f"{y:.0f}" if float(y).is_integer() else f"{y:.1f}" for y in ys],
+                         padding=2, fontsize=8)
+    ax.set_xticks(range(len(RATES)), [RATE_TITLES[r] for r in RATES])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(ncols=min(len(variants), 4), loc="upper left", frameon=False, fontsize=9)
+
+
+def _interval(info: dict[str, Any], rate: str) -> list[float] | None:
+    """Wilson interval for HmR/HpR, bootstrap for CAS (the rule the report states)."""
+    ci = (info.get("ci") or {}).get(rate) or {}
+    interval = ci.get("bootstrap") if rate == "CAS" else ci.get("wilson") or ci.get("bootstrap")
+    return list(interval) if interval and None not in interval else None
+
+
+def fig_rates(metrics: dict[str, Any], with_ci: bool = False) -> Figure | None:
+    if not metrics.get("variants"):
+        return None
+    fig, (ax,) = _figure(7.5, 4.2)
+    _bar_group(ax, metrics, with_ci)
+    th = metrics.get("thresholds", {})
+    what = "with 95% intervals (Wilson; bootstrap for CAS)" if with_ci else "per variant"
+    ax.set_title(f"HmR, HpR and CAS {what}\n"
+                 f"harmless: rating > {_g(th.get('harmful'))}, helpful: rating > {_g(th.get('helpful'))}")
+    return fig
+
+
+def _g(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else "?"
+
+
+def _ratings(data: dict[str, Any], prompt_set: str) -> dict[str, list[float]]:
+    out = {}
+    for v in variant_order(data):
+        rows = (data.get(v) or {}).get(prompt_set) or []
+        vals = [float(r["rating"]) for r in rows if isinstance(r.get("rating"), (int, float))]
+        if vals:
+            out[v] = vals
+    return out
+
+
+def _sets_present(data: dict[str, Any]) -> list[str]:
+    present = {s for sets in data.values() for s in (sets or {})}
+    return [s for s in PROMPT_SETS if s in present] + sorted(present - set(PROMPT_SETS))
+
+
+def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
+    """Rating distributions per variant, one panel per prompt set, threshold dashed."""
+    sets = [s for s in _sets_present(data) if _ratings(data, s)]
+    if not sets:
+        return None
+    fig, axes = _figure(4.2 * len(sets) + 0.6, 4.2, len(sets))
+    for ax, s in zip(axes, sets):
+        ratings = _ratings(data, s)
+        colors = variant_colors(ratings)
+        names = list(ratings)
+        bp = ax.boxplot([ratings[v] for v in names], patch_artist=True, widths=0.6,
+                        medianprops={"color": "black"}, flierprops={"markersize": 3})
+        for patch, v in zip(bp["boxes"], names):
+            patch.set_facecolor(colors[v])
+            patch.set_alpha(0.75)
+        ax.set_xticks(range(1, len(names) + 1), [label(v, metrics) for v in names])
+        _threshold_line(ax, metrics, s, horizontal=True)
+        n = max(len(r) for r in ratings.values())
+        ax.set_title(f"{s} prompts (n = {n}); dashed: threshold {_g((metrics.get('thresholds') or {}).get(s))}")
+        ax.set_ylabel("reward-model rating")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Rating distributions per variant")
+    return fig
+
+
+def fig_means(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
+    """Mean rating per variant, one panel per prompt set, threshold dashed."""
+    sets = [s for s in _sets_present(data) if _ratings(data, s)]
+    if not sets:
+        return None
+    fig, axes = _figure(4.2 * len(sets) + 0.6, 4.0, len(sets))
+    for ax, s in zip(axes, sets):
+        ratings = _ratings(data, s)
+        colors = variant_colors(ratings)
+        names = list(ratings)
+        means = [sum(r) / len(r) for r in ratings.values()]
+        bars = ax.bar(range(len(names)), means, color=[colors[v] for v in names], width=0.6)
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=8)
+        ax.set_xticks(range(len(names)), [label(v, metrics) for v in names])
+        ax.axhline(0, color="black", linewidth=0.8)
+        _threshold_line(ax, metrics, s, horizontal=True)
+        ax.set_title(f"{s} prompts; dashed: threshold {_g((metrics.get('thresholds') or {}).get(s))}")
+        ax.set_ylabel("mean reward-model rating")
+        ax.grid(axis="y", alpha=0.3)
+        ax.margins(y=0.15)
+    fig.suptitle("Mean rating per variant")
+    return fig
+
+
+def _threshold_line(ax: Any, metrics: dict[str, Any], prompt_set: str, horizontal: bool) -> None:
+    th = (metrics.get("thresholds") or {}).get(prompt_set)
+    if th is None:
+        return
+    if horizontal:
+        ax.axhline(th, color="#C00000", linestyle="--", linewidth=1)
+    else:
+        ax.axvline(th, color="#C00000", linestyle="--", linewidth=1)
+        ax.annotate(f"chosen threshold {th:g}", (th, 0.02), xycoords=("data", "axes fraction"), ha="left",
+                    va="bottom", fontsize=8, color="#C00000", xytext=(3, 0), textcoords="offset points")
+
+
+def fig_sweep(metrics: dict[str, Any], prompt_set: str) -> Figure | None:
+    """Share of positives as the threshold moves, one line per variant, chosen threshold marked."""
+    sweep = (metrics.get("sweep") or {}).get(prompt_set) or {}
+    xs, rates = sweep.get("thresholds") or [], sweep.get("rates") or {}
+    if not xs or not rates:
+        return None
+    fig, (ax,) = _figure(6.5, 4.0)
+    colors = variant_colors(rates)
+    for v in variant_order(rates):
+        ys = [float("nan") if y is None else y for y in rates[v]]
+        ax.plot(xs, ys, color=colors[v], label=label(v, metrics), linewidth=1.8)
+    _threshold_line(ax, metrics, prompt_set, horizontal=False)
+    rate = SET_RATE.get(prompt_set, "rate")
+    ax.set_xlabel(f"threshold (a response is {SET_POSITIVE.get(prompt_set, 'positive')} if rating > threshold)")
+    ax.set_ylabel(f"{rate} (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    ax.set_title(f"Threshold sensitivity, {prompt_set} prompts")
+    return fig
+
+
+def make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tuple[str, Figure]]:
+    """name -> (caption, figure) for every figure there is data for, in report order."""
+    with matplotlib.rc_context(STYLE):
+        return _make_figures(metrics, data)
+
+
+def _make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tuple[str, Figure]]:
+    figs: dict[str, tuple[str, Figure | None]] = {
+        "rates": ("HmR, HpR and CAS per variant.", fig_rates(metrics)),
+        "rates_ci": ("HmR, HpR and CAS with 95% intervals (Wilson for HmR/HpR, bootstrap for CAS).",
+                     fig_rates(metrics, with_ci=True)),
+        "ratings_box": ("Reward-model rating distributions per variant (box: quartiles and median; "
+                        "whiskers: 1.5 IQR); dashed: the threshold.",
+                        fig_box(data, metrics)),
+        "mean_rating": ("Mean reward-model rating per variant; dashed: the threshold.", fig_means(data, metrics)),
+    }
+    for s in PROMPT_SETS:
+        figs[f"threshold_sweep_{s}"] = (
+            f"{SET_RATE[s]} as the {s}-set threshold moves; dashed: the chosen threshold.", fig_sweep(metrics, s))
+    return {name: (cap, fig) for name, (cap, fig) in figs.items() if fig is not None}
+
+
+def figure_bytes(fig: Figure, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(buf, format=fmt, dpi=DPI, metadata=_metadata(fmt))
+    return buf.getvalue()
+
+
+def _metadata(fmt: str) -> dict[str, Any] | None:
+    # No creation dates or software strings: reruns give identical files.
+    return {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+            "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}.get(fmt)
+
+
+def save_figure(fig: Figure, stem: Path, formats: Iterable[str]) -> dict[str, Path]:
+    """Write ``stem.<fmt>`` for each format, each via a temporary file and a rename."""
+    out = {}
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        write_bytes_atomic(path, figure_bytes(fig, fmt))
+        out[fmt] = path
+    return out
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
