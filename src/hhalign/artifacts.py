@@ -136,7 +136,7 @@ def write_manifest(
     manifest = {
         "stage": stage,
         "config": config,
-        "inputs": {k: {"path": str(v), "sha256": sha256_path(v)} for k, v in (inputs or {}).items()},
+        "inputs": {k: {"path": str(v), "sha256": sha256_path(v) if Path(v).exists() else None} for k, v in (inputs or {}).items()},
         "outputs": sorted(outs),
         "versions": versions(),
         "git_commit": git_commit(),

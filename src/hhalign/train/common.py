@@ -1,0 +1,255 @@
+"""What every training stage shares: TRL config building, model sources, length fitting, held-out figures.
+
+Stages hand TRL configuration only (no trainer subclassing), save through a temporary directory that is
+renamed into place when complete, and write ``train_report.json`` then ``manifest.json`` last, on the
+main process only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hhalign.artifacts import read_jsonl, write_json, write_manifest
+from hhalign.config import TINY, RunConfig, TrainSection, library_class
+from hhalign.data import ASSISTANT, STAGE_DIR as DATA_DIR, parse_hh_dialogue, render_hh
+
+STAGE_DIRS = {"pretrain": "02_pretrain", "sft": "03_sft", "dpo": "04_dpo", "sft_dpo": "05_sft_dpo", "rm": "06_rm"}
+TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields and losses hhalign checks
+
+
+class TrainingError(RuntimeError):
+    """A training stage cannot start (missing input, bad model, bad LoRA target...)."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def data_dir(run_dir: Path) -> Path:
+    d = Path(run_dir) / DATA_DIR
+    if not (d / "manifest.json").is_file():
+        raise TrainingError(f"{d} is missing or incomplete: run `hhalign data CONFIG` first (or `hhalign run`)")
+    return d
+
+
+def load_pairs(run_dir: Path, name: str = "prefs.jsonl") -> list[dict[str, Any]]:
+    rows = read_jsonl(data_dir(run_dir) / name)
+    if name == "prefs.jsonl" and not rows:
+        raise TrainingError(f"{data_dir(run_dir) / name} has no usable rows: check data_report.json for why rows were skipped")
+    return rows
+
+
+def base_model_path(cfg: RunConfig, run_dir: Path) -> str:
+    """The run's starting model: the pretrained tiny model, or model.name_or_path."""
+    if cfg.model.name_or_path == TINY:
+        p = Path(run_dir) / STAGE_DIRS["pretrain"] / "model"
+        if not (p / "config.json").is_file():
+            raise TrainingError(f"model.name_or_path is 'tiny' but {p} does not exist: run `hhalign pretrain CONFIG` first")
+        return str(p)
+    return cfg.model.name_or_path
+
+
+def stage_model_path(run_dir: Path, stage: str) -> Path:
+    p = Path(run_dir) / STAGE_DIRS[stage] / "model"
+    if not (p / "config.json").is_file():
+        raise TrainingError(f"{p} does not exist: run `hhalign {stage} CONFIG` first (the {stage} model is needed here)")
+    return p
+
+
+# ----------------------------------------------------------------------------- TRL config
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixed: Any) -> Any:
+    """The stage's TRL config: the section's pass-through fields, hhalign's per-stage settings, and
+    precision that follows the hardware unless the config sets it."""
+    cls = library_class("pretrain" if stage == "pretrain" else {"sft_dpo": "dpo"}.get(stage, stage))
+    args = dict(section.args)
+    if "bf16" not in args:
+        args["bf16"] = on_gpu() and torch.cuda.is_bf16_supported()
+    args.setdefault("report_to", "none")
+    args.setdefault("save_total_limit", 2)
+    args.setdefault("disable_tqdm", False)
+    args.setdefault("dataloader_num_workers", 0)
+    if not on_gpu():
+        args.setdefault("use_cpu", True)
+    args.update(fixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return cls(output_dir=str(out_dir / "checkpoints"), seed=seed, data_seed=seed, **args)
+
+
+def last_checkpoint(stage_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ck = stage_dir / "checkpoints"
+    return get_last_checkpoint(str(ck)) if ck.is_dir() else None
+
+
+def check_trl_version() -> None:
+    import trl
+
+    major_minor = ".".join(trl.__version__.split(".")[:2])
+    low, high = TESTED_TRL
+    if not (_v(low) <= _v(major_minor) < _v(high)):
+        warnings.warn(
+            f"hhalign is tested with TRL {low}.x; TRL {trl.__version__} is installed. Config checks may miss fields "
+            "this version renamed or ignores: pip install 'trl>=1.16,<1.17'.",
+            stacklevel=2,
+        )
+
+
+def _v(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(".") if x.isdigit())
+
+
+# ----------------------------------------------------------------------------- length fitting
+
+
+def token_len(tok: Any, text: str) -> int:
+    return len(tok(text, add_special_tokens=True)["input_ids"]) + 1  # + eos appended by the trainers
+
+
+def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | None) -> tuple[str, str]:
+    """Keep the responses whole: drop the oldest turns of ``prompt`` until prompt + longest response fits.
+
+    Returns (prompt, status): "fits", "trimmed" (older turns dropped), or "truncated" (even the last turn
+    and the response do not fit, so the trainer will cut response tokens).
+    """
+    if max_length is None:
+        return prompt, "fits"
+    longest = max(responses, key=lambda r: token_len(tok, prompt + r))
+    if token_len(tok, prompt + longest) <= max_length:
+        return prompt, "fits"
+    turns = parse_hh_dialogue(prompt.removesuffix(ASSISTANT))
+    while len(turns) > 1:
+        turns = turns[1:]
+        while turns and turns[0].role != "user":  # start at a Human turn
+            turns = turns[1:]
+        trimmed = render_hh(turns) + ASSISTANT
+        if turns and token_len(tok, trimmed + longest) <= max_length:
+            return trimmed, "trimmed"
+    return prompt, "truncated"
+
+
+def fit_rows(rows: list[dict[str, Any]], tok: Any, max_length: int | None, keep: bool, keys: tuple[str, ...]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Apply fit_prompt to every row; count rows that would lose response tokens before and after."""
+    counts = {"rows": len(rows), "would_lose_response_tokens": 0, "prompt_trimmed": 0, "still_truncated": 0}
+    out = []
+    for row in rows:
+        prompt, status = fit_prompt(row["prompt"], [row[k] for k in keys], tok, max_length)
+        if status != "fits":
+            counts["would_lose_response_tokens"] += 1
+        if keep:
+            counts["prompt_trimmed"] += status == "trimmed"
+            counts["still_truncated"] += status == "truncated"
+            row = {**row, "prompt": prompt}
+        else:
+            counts["still_truncated"] += status != "fits"
+        out.append(row)
+    return out, counts
+
+
+# ----------------------------------------------------------------------------- held-out figures
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.inference_mode()
+def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], batch_size: int = 8) -> list[tuple[float, int]]:
+    """(sum of log p(response tokens | prompt), number of response tokens) for each pair, right-padded batches."""
+    device = next(model.parameters()).device
+    out: list[tuple[float, int]] = []
+    max_len = getattr(model.config, "max_position_embeddings", 2048)
+    for batch in _batches(list(zip(prompts, responses)), batch_size):
+        ids, masks = [], []
+        for prompt, response in batch:
+            full = tok(prompt + response)["input_ids"]
+            n_prompt = len(tok(prompt)["input_ids"])
+            drop = max(0, len(full) - max_len)  # over-long pairs lose their oldest tokens, never the response
+            full, n_prompt = full[drop:], max(1, n_prompt - drop)
+            ids.append(full)
+            masks.append([0] * n_prompt + [1] * (len(full) - n_prompt))
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(ids), width), dtype=torch.long)
+        lmask = torch.zeros((len(ids), width), dtype=torch.bool)
+        for i, (x, m) in enumerate(zip(ids, masks)):
+            input_ids[i, : len(x)] = torch.tensor(x)
+            attn[i, : len(x)] = 1
+            lmask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float()  # (B, T, V)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        m = lmask[:, 1:].to(device)
+        for i in range(len(batch)):
+            out.append((float(logp[i][m[i]].sum()), int(m[i].sum())))
+    return out
+
+
+def mean_nll(logps: list[tuple[float, int]]) -> float:
+    """Per-token negative log-likelihood over all pairs: -sum(logp) / sum(tokens)."""
+    total = sum(n for _, n in logps)
+    return -sum(lp for lp, _ in logps) / max(total, 1)
+
+
+# ----------------------------------------------------------------------------- finishing
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
+    """All ranks call save (FSDP/DeepSpeed gather); the main rank renames the finished folder into place."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    tmp = target.with_name(f".{target.name}.tmp")
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if state.is_main_process:
+        tok.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    state.wait_for_everyone()
+
+
+def finish_stage(
+    stage: str, cfg: RunConfig, stage_dir: Path, report: dict[str, Any], inputs: dict[str, Any], outputs: list[str],
+    started: float, section: dict[str, Any],
+) -> dict[str, Any] | None:
+    """train_report.json, then manifest.json (last), then drop the checkpoints; main process only."""
+    if not is_main_process():
+        return None
+    report["wall_seconds"] = round(time.time() - started, 2)
+    write_json(stage_dir / "train_report.json", report)
+    manifest = write_manifest(
+        stage_dir, stage=stage, config={**section, "seed": cfg.seed}, inputs=inputs,
+        outputs=[*outputs, "train_report.json"], started=started,
+        extra={"summary": report.get("summary", "")},
+    )
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+    return manifest
+
+
+def log_history(trainer: Any) -> list[dict[str, Any]]:
+    return [{k: v for k, v in h.items() if isinstance(v, (int, float)) and math.isfinite(v)} for h in trainer.state.log_history]

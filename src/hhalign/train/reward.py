@@ -1,0 +1,74 @@
+"""Reward model: a sequence classifier trained on the preference pairs with TRL's RewardTrainer.
+
+    hhalign rm configs/tiny.yaml
+
+Pairs are encoded exactly as scoring reads them, ``tokenizer(prompt, response, truncation=True)``, so
+the trained model (06_rm/model) is a valid ``--reward-model``. train_report.json has held-out pairwise
+accuracy (share of pairs where chosen scores above rejected) before and after training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from hhalign.config import TINY, RunConfig
+from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
+from hhalign.train.common import (
+    STAGE_DIRS, data_dir, finish_stage, last_checkpoint, load_pairs, log_history, save_model_atomically, trl_args,
+)
+
+
+def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, float]:
+    from hhalign.score import score_pairs
+
+    prompts = [r["prompt"] for r in rows]
+    chosen = score_pairs(model, tok, prompts, [r["chosen"] for r in rows], batch_size, progress=False)
+    rejected = score_pairs(model, tok, prompts, [r["rejected"] for r in rows], batch_size, progress=False)
+    n = max(len(rows), 1)
+    return {"pairwise_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
+            "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
+
+
+def _build(cfg: RunConfig, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+    if cfg.rm.model == TINY:
+        tok = train_tokenizer([r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")],
+                              vocab_size=cfg.model.tiny.vocab_size, kind="classifier")
+        tok.model_max_length = cfg.model.tiny.max_positions
+        return build_tiny_reward_model(tok, cfg.model.tiny, seed=cfg.seed), tok
+    return load_reward_model(cfg.rm.model)
+
+
+def _encode(tok: Any, rows: list[dict[str, Any]], max_length: int) -> Dataset:
+    def ids(prompt: str, response: str) -> list[int]:
+        return tok(prompt, response, truncation=True, max_length=max_length)["input_ids"]
+
+    return Dataset.from_dict({"chosen_ids": [ids(r["prompt"], r["chosen"]) for r in rows],
+                              "rejected_ids": [ids(r["prompt"], r["rejected"]) for r in rows]})
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] | None:
+    from trl import RewardTrainer
+
+    started = time.time()
+    stage_dir = Path(run_dir) / STAGE_DIRS["rm"]
+    rows, heldout = load_pairs(run_dir), load_pairs(run_dir, "heldout.jsonl")
+    model, tok = _build(cfg, rows)
+    max_length = cfg.rm.args.get("max_length") or tok.model_max_length
+    before = pairwise_accuracy(model, tok, heldout)
+    model.train()
+    args = trl_args("rm", cfg.rm, stage_dir, cfg.seed)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=_encode(tok, rows, max_length), processing_class=tok)
+    trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
+    save_model_atomically(trainer, tok, stage_dir / "model")
+    model.eval()
+    after = pairwise_accuracy(model, tok, heldout)
+    report = {"stage": "rm", "backbone": cfg.rm.model, "train_pairs": len(rows), "heldout_pairs": len(heldout),
+              "before": before, "after": after, "log_history": log_history(trainer),
+              "summary": f"rm: held-out pairwise accuracy {before['pairwise_accuracy']:.3f} -> {after['pairwise_accuracy']:.3f}"}
+    print(report["summary"])
+    return finish_stage("rm", cfg, stage_dir, report, {"prefs": data_dir(run_dir) / "prefs.jsonl"}, ["model"], started,
+                        {"rm": cfg.to_dict()["rm"]})

@@ -1,0 +1,64 @@
+"""SFT: full fine-tune on the chosen dialogues (the study: plain text, loss on every token).
+
+    hhalign sft configs/tiny.yaml --data-dir ../shared/data/hh-rlhf
+
+``sft.loss_on: assistant`` trains on the final assistant turn only (TRL's prompt-completion format).
+Over-long dialogues lose their oldest prompt turns, never response tokens (counted in train_report.json).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from hhalign.config import RunConfig
+from hhalign.modeling import load_causal_lm
+from hhalign.train.common import (
+    STAGE_DIRS, base_model_path, data_dir, finish_stage, fit_rows, last_checkpoint, load_pairs, log_history, mean_nll,
+    response_logps, save_model_atomically, trl_args,
+)
+
+
+def _heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]]) -> float:
+    model.eval()
+    return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]))
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] | None:
+    from trl import SFTTrainer
+
+    started = time.time()
+    stage_dir = Path(run_dir) / STAGE_DIRS["sft"]
+    # --- inputs
+    source = base_model_path(cfg, run_dir)
+    rows, heldout = load_pairs(run_dir), load_pairs(run_dir, "heldout.jsonl")
+    model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
+    max_length = cfg.sft.args.get("max_length", 1024)
+    rows, lengths = fit_rows(rows, tok, max_length, keep=True, keys=("chosen",))
+    if cfg.sft.loss_on == "all":
+        dataset = Dataset.from_dict({"text": [r["prompt"] + r["chosen"] for r in rows]})
+        fixed: dict[str, Any] = {"dataset_text_field": "text"}
+    else:
+        dataset = Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "completion": [r["chosen"] for r in rows]})
+        fixed = {"completion_only_loss": True}
+    # --- train
+    before = _heldout_nll(model, tok, heldout)
+    model.train()
+    args = trl_args("sft", cfg.sft, stage_dir, cfg.seed, **fixed)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
+    save_model_atomically(trainer, tok, stage_dir / "model")
+    # --- report
+    after = _heldout_nll(model, tok, heldout)
+    report = {
+        "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "train_pairs": len(rows), "heldout_pairs": len(heldout),
+        "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after}, "log_history": log_history(trainer),
+        "summary": f"sft: held-out NLL of chosen responses {before:.3f} -> {after:.3f}; "
+                   f"{lengths['prompt_trimmed']} prompts trimmed to keep responses whole, {lengths['still_truncated']} still truncated",
+    }
+    print(report["summary"])
+    return finish_stage("sft", cfg, stage_dir, report, {"prefs": data_dir(run_dir) / "prefs.jsonl", "base": Path(source)},
+                        ["model"], started, {"sft": cfg.to_dict()["sft"], "model": cfg.to_dict()["model"]})
