@@ -52,8 +52,9 @@ def check_lora_targets(model: torch.nn.Module, targets: Any) -> None:
 @torch.inference_mode()
 def preference_figures(model: Any, tok: Any, rows: list[dict[str, Any]], beta: float) -> dict[str, float]:
     """Held-out DPO figures. Implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)); the reference is the
-    same model with its adapter disabled. margin = r(chosen) - r(rejected); accuracy = share with margin > 0;
-    logp_accuracy = share where the policy gives chosen a higher log-probability than rejected."""
+    same model with its adapter disabled. margin = r(chosen) - r(rejected); accuracy = share with margin > 0,
+    ties counting half (so an untrained adapter, margin 0 everywhere, scores 0.5); logp_accuracy = share where
+    the policy gives chosen a higher log-probability than rejected."""
     model.eval()
     prompts = [r["prompt"] for r in rows]
     pc = response_logps(model, tok, prompts, [r["chosen"] for r in rows])
@@ -65,7 +66,7 @@ def preference_figures(model: Any, tok: Any, rows: list[dict[str, Any]], beta: f
     n = max(len(rows), 1)
     return {
         "implicit_reward_margin": sum(margins) / n,
-        "implicit_reward_accuracy": sum(m > 0 for m in margins) / n,
+        "implicit_reward_accuracy": (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / n,
         "logp_accuracy": sum(a[0] > c[0] for a, c in zip(pc, pr)) / n,
     }
 
