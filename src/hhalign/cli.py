@@ -182,6 +182,10 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # transformers 5 renames gradient_checkpointing -> activation_checkpointing; TRL still calls the old names
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     args = build_parser().parse_args(argv)
     from hhalign.errors import USER_ERRORS
 

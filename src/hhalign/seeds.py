@@ -1,0 +1,59 @@
+"""Across-seed aggregation for ``hhalign run --seeds 1,2,3``: mean, spread and a per-seed table.
+
+A 50-prompt study moves by several points between training seeds; this puts that spread next to the
+rates. Pure: reads each seed's 09_metrics/metrics.json, writes seeds.json and seeds_report.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from hhalign.artifacts import atomic_write_text, read_json, write_json
+from hhalign.config import VARIANT_LABELS, RunConfig
+
+KEYS = ("HmR", "HpR", "CAS")
+
+
+def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """{variant: {key: {mean, std, min, max, values}}} over the seeds where the value exists.
+
+    std is the sample standard deviation (n - 1), 0.0 with one seed: e.g. HmR 40, 44, 48 -> mean 44, std 4."""
+    out: dict[str, Any] = {}
+    variants = [v for v in VARIANT_LABELS if any(v in m["variants"] for m in per_seed.values())]
+    for v in variants:
+        out[v] = {}
+        for k in KEYS:
+            values = [m["variants"][v]["exact"][k] for m in per_seed.values() if v in m["variants"] and m["variants"][v]["exact"].get(k) is not None]
+            if not values:
+                continue
+            out[v][k] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                         "min": min(values), "max": max(values), "values": values}
+    return out
+
+
+def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) -> str:
+    seeds = list(per_seed)
+    lines = ["# Across seeds", "", f"Seeds: {', '.join(map(str, seeds))}. Exact rates in percent; mean ± sample std (min to max).", "",
+             "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+    for v, stats in summary.items():
+        cells = [f"{s['mean']:.1f} ± {s['std']:.1f} ({s['min']:.0f} to {s['max']:.0f})" if (s := stats.get(k)) else "n/a" for k in KEYS]
+        lines.append(f"| {VARIANT_LABELS[v]} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per seed", "", "| seed | model | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]
+    for seed, m in per_seed.items():
+        for v, data in m["variants"].items():
+            cells = [f"{data['exact'][k]:.1f}" if data["exact"].get(k) is not None else "n/a" for k in KEYS]
+            lines.append(f"| {seed} | {VARIANT_LABELS[v]} | " + " | ".join(cells) + " |")
+    lines += ["", "Each seed's full report: seed-N/10_report/report.html.", ""]
+    return "\n".join(lines)
+
+
+def aggregate(cfg: RunConfig, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
+    per_seed = {s: read_json(run_dir / f"seed-{s}" / "09_metrics" / "metrics.json") for s in seeds}
+    summary = summarise(per_seed)
+    write_json(run_dir / "seeds.json", {"seeds": seeds, "summary": summary})
+    text = to_markdown(summary, per_seed)
+    atomic_write_text(run_dir / "seeds_report.md", text)
+    print(text)
+    return summary

@@ -1,0 +1,144 @@
+"""`hhalign run` end to end on the tiny preset through the real CLI: report and metrics for every variant,
+a second run that does nothing, a changed setting that re-runs only downstream stages, and SIGKILL during
+training and during generation followed by a resume that ends with the same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hhalign.artifacts import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _settings(tmp: Path) -> list[str]:
+    helpful = tmp / "helpful10.json"
+    if not helpful.exists():
+        helpful.write_text(json.dumps(json.loads((SHARED / "paper" / "prompts" / "helpful_prompts.json").read_text())[:10]))
+    sets = [f"output_dir={tmp}", f"data.source={SHARED / 'hh-rlhf'}", f"data.helpful_prompts_file={helpful}",
+            "data.max_train_rows=96", "data.heldout_rows=24", "data.eval_size=10", "pretrain.num_train_epochs=1",
+            "sft.num_train_epochs=1", "sft.save_steps=4", "rm.num_train_epochs=1", "metrics.bootstrap_samples=200",
+            "generate.max_new_tokens=20", "report.formats=[png]"]
+    return sum((["--set", s] for s in sets), [])
+
+
+def _cli(*args: str, tmp: Path) -> list[str]:
+    return [sys.executable, "-m", "hhalign", "run", str(REPO / "configs" / "tiny.yaml"), *_settings(tmp), *args]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    if not SHARED.exists():
+        pytest.skip(f"reference data not found at {SHARED}")
+    tmp = tmp_path_factory.mktemp("pipeline")
+    done = subprocess.run(_cli(tmp=tmp), env=ENV, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return tmp, done.stdout
+
+
+def test_run_produces_report_and_metrics_for_every_variant(finished: tuple[Path, str]) -> None:
+    tmp, out = finished
+    run_dir = tmp / "tiny"
+    metrics = read_json(run_dir / "09_metrics" / "metrics.json")
+    assert list(metrics["variants"]) == ["base", "sft", "dpo", "sft_dpo"]
+    for v in metrics["variants"].values():
+        assert set(v["sets"]) == {"harmful", "helpful"} and v["sets"]["harmful"]["n"] == 10
+        assert v["study"]["CAS"] is not None
+    for name in ("report.md", "report.html", "rates.png"):
+        assert (run_dir / "10_report" / name).is_file()
+    for stage in ("01_data", "02_pretrain", "03_sft", "04_dpo", "05_sft_dpo", "06_rm", "07_generate", "08_score", "09_metrics", "10_report"):
+        manifest = read_json(run_dir / stage / "manifest.json")
+        assert manifest["pipeline_key"] and manifest["versions"]["torch"]
+        for o in manifest["outputs"]:
+            assert (run_dir / stage / o).exists(), f"{stage}: {o} listed but missing"
+    run_json = read_json(run_dir / "run.json")
+    assert run_json["config"]["seed"] == 42 and run_json["config_hash"] and run_json["versions"]["trl"]
+    assert (run_dir / "run.log").read_text().count("[10/10] report: done") == 1
+    assert "[3/10] sft: run ..." in out
+    scored = read_json(run_dir / "08_score" / "sft_harmful.json")
+    assert all(isinstance(e["rating"], float) for e in scored)
+    assert "rating" not in read_json(run_dir / "07_generate" / "sft_harmful.json")[0]
+
+
+def test_second_run_does_nothing(finished: tuple[Path, str]) -> None:
+    tmp, _ = finished
+    before = (tmp / "tiny" / "09_metrics" / "metrics.json").read_bytes()
+    done = subprocess.run(_cli(tmp=tmp), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("skipped, done with the same settings") == 10
+    assert "nothing to do" in done.stdout
+    assert (tmp / "tiny" / "09_metrics" / "metrics.json").read_bytes() == before
+
+
+def test_changed_setting_reruns_only_downstream(finished: tuple[Path, str]) -> None:
+    tmp, _ = finished
+    done = subprocess.run(_cli("--dry-run", "--set", "dpo.beta=0.2", tmp=tmp), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip().startswith("[")}
+    for stage in ("data", "pretrain", "sft", "rm"):
+        assert "skip" in plan[stage], plan[stage]
+    assert "settings changed" in plan["dpo"] and "settings changed" in plan["sft_dpo"]
+    for stage in ("generate", "score", "metrics", "report"):
+        assert "upstream" in plan[stage], plan[stage]
+
+
+def _run_until(cmd: list[str], ready, timeout: float = 600) -> None:
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_metrics(finished: tuple[Path, str], tmp_path: Path) -> None:
+    ref_tmp, _ = finished
+    run_dir = tmp_path / "tiny"
+    cmd = _cli(tmp=tmp_path)
+    # SIGKILL during SFT training, once a checkpoint exists
+    _run_until(cmd, lambda: any((run_dir / "03_sft" / "checkpoints").glob("checkpoint-*/trainer_state.json")))
+    assert not (run_dir / "03_sft" / "manifest.json").exists()
+    # SIGKILL during generation, once the first response file is written
+    _run_until(cmd, lambda: any((run_dir / "07_generate").glob("*_*.json")))
+    assert not (run_dir / "07_generate" / "manifest.json").exists()
+    assert (run_dir / "03_sft" / "manifest.json").exists()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "already written, kept" in done.stdout
+    ours, ref = read_json(run_dir / "09_metrics" / "metrics.json"), read_json(ref_tmp / "tiny" / "09_metrics" / "metrics.json")
+    for v in ref["variants"]:
+        assert ours["variants"][v]["study"] == ref["variants"][v]["study"]
+        for s in ("harmful", "helpful"):
+            assert ours["variants"][v]["sets"][s]["mean_rating"] == pytest.approx(ref["variants"][v]["sets"][s]["mean_rating"], abs=1e-4)
+
+
+def test_dry_run_on_a_new_folder_plans_everything(tmp_path: Path) -> None:
+    from hhalign.cli import main
+
+    code = main(["run", str(REPO / "configs" / "tiny.yaml"), "--dry-run", "--set", f"output_dir={tmp_path}"])
+    assert code == 0
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_failing_stage_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hhalign.cli import main
+
+    code = main(["run", str(REPO / "configs" / "tiny.yaml"), "--set", f"output_dir={tmp_path}",
+                 "--set", f"data.source={tmp_path / 'missing'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "stage 'data' failed" in err and "does not exist" in err and "resume at 'data'" in err
