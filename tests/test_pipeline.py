@@ -113,13 +113,18 @@ def test_killed_run_resumes_to_the_same_metrics(finished: tuple[Path, str], tmp_
     _run_until(cmd, lambda: any((run_dir / "03_sft" / "checkpoints").glob("checkpoint-*/trainer_state.json")))
     assert not (run_dir / "03_sft" / "manifest.json").exists()
     # SIGKILL during generation, once the first response file is written
-    _run_until(cmd, lambda: any((run_dir / "07_generate").glob("*_*.json")))
+    _run_until(cmd, lambda: (run_dir / "07_generate" / ".done.json").exists())
     assert not (run_dir / "07_generate" / "manifest.json").exists()
     assert (run_dir / "03_sft" / "manifest.json").exists()
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "already written, kept" in done.stdout
-    ours, ref = read_json(run_dir / "09_metrics" / "metrics.json"), read_json(ref_tmp / "tiny" / "09_metrics" / "metrics.json")
+    ref_dir = ref_tmp / "tiny"
+    # reproducible: same config and seed -> byte-identical prompts, responses and metrics on this machine
+    for rel in ("01_data/prompts/harmful.json", "01_data/prefs.jsonl", "07_generate/sft_dpo_helpful.json",
+                "07_generate/base_harmful.json", "09_metrics/metrics.json"):
+        assert (run_dir / rel).read_bytes() == (ref_dir / rel).read_bytes(), rel
+    ours, ref = read_json(run_dir / "09_metrics" / "metrics.json"), read_json(ref_dir / "09_metrics" / "metrics.json")
     for v in ref["variants"]:
         assert ours["variants"][v]["study"] == ref["variants"][v]["study"]
         for s in ("harmful", "helpful"):
