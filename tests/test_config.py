@@ -9,7 +9,7 @@ import pytest
 from hhalign.config import ConfigError, RunConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml") if "accelerate" not in p.parts)
 
 
 @pytest.mark.parametrize("path", CONFIGS + EXAMPLES, ids=lambda p: p.name)

@@ -49,18 +49,22 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class DataSection:
-    source: str = _f("Anthropic/hh-rlhf", "hub dataset id, or a local dir laid out as <subset>/<split>.jsonl[.gz] (--data-dir)")
+    source: str = _f("Anthropic/hh-rlhf", "hub dataset id, a local dir laid out as <subset>/<split>.jsonl[.gz] (--data-dir), or a preference file (.jsonl[.gz] .json .parquet .csv) or folder of them")
+    layout: str = _f("auto", "'subsets': HH-RLHF's <subset>/<split> tree; 'single': one dataset (a file, a folder of files, or a hub id + train_split); 'auto': subsets for Anthropic/hh-rlhf or a dir holding the subsets, else single")
+    format: str = _f("auto", "row format: auto (detected per file, reported), hh (HH-RLHF text dialogues), standard (prompt/chosen/rejected strings), conversational (message lists), implicit (chosen/rejected whole dialogues)")
+    columns: dict[str, str] = _f({}, "your column names for prompt/chosen/rejected, e.g. {prompt: question, chosen: good, rejected: bad}")
+    render: str = _f("auto", "how non-HH rows become text: hh (Human:/Assistant: dialogue, as OPT saw), chat_template (the model tokenizer's), auto (chat_template when the model has one; hh for tiny)")
     train_subsets: list[str] = _f(["harmless-base", "helpful-base"], "subsets whose pairs train SFT/DPO/RM (absent local subsets are skipped with a note)")
-    train_split: str = _f("train", "split that training rows come from")
+    train_split: str = _f("train", "split that training rows come from (HH subsets, hub datasets; a local file or folder is read whole)")
     max_train_rows: int | None = _f(None, "cap on training pairs after cleaning (null = all); the first N in file order")
     heldout_rows: int = _f(200, "pairs held out of training, for each stage's before/after report")
-    eval_split: str = _f("test", "split the eval prompt sets are drawn from")
+    eval_split: str = _f("test", "split the eval prompt sets are drawn from (HH subsets, hub datasets; a local file or folder: its own rows)")
     eval_seed: int = _f(100, "random.seed for the eval prompt draw (the study: 100)")
     eval_size: int = _f(50, "prompts per eval set (the study: 50)")
     harmful_subset: str = _f("harmless-base", "subset the harmful prompts are drawn from")
     harmful_keywords: list[str] = _f(["kill", "murder", "rape"], "case-sensitive substrings of `chosen` that make a row eligible as a harmful prompt")
     helpful_subset: str = _f("helpful-base", "subset the helpful prompts are drawn from (continues the same random stream)")
-    helpful_keywords: list[str] = _f([], "like harmful_keywords, for the helpful set (empty = every row)")
+    helpful_keywords: list[str] = _f([], "like harmful_keywords, for the helpful set (empty = every row; in the single layout, rows matching harmful_keywords are left out)")
     harmful_prompts_file: str | None = _f(None, "JSON list of prompt strings to use instead of drawing the harmful set")
     helpful_prompts_file: str | None = _f(None, "JSON list of prompt strings to use instead of drawing the helpful set")
     drop_identical: bool = _f(False, "drop pairs whose chosen and rejected final turns are identical")
@@ -73,6 +77,14 @@ class DataSection:
             raise ConfigError(f"data.max_train_rows must be a positive integer or null, got {self.max_train_rows}")
         if not 0.0 < self.near_identical_ratio <= 1.0:
             raise ConfigError(f"data.near_identical_ratio must be in (0, 1], got {self.near_identical_ratio}")
+        _check_choice("data.layout", self.layout, ("auto", "subsets", "single"))
+        _check_choice("data.format", self.format, ("auto", "hh", "standard", "conversational", "implicit"))
+        _check_choice("data.render", self.render, ("auto", "hh", "chat_template"))
+        for key, column in self.columns.items():
+            if key not in ("prompt", "chosen", "rejected"):
+                raise ConfigError(f"data.columns: unknown field '{key}'; map prompt, chosen and rejected to your column names, e.g. {{chosen: good}}")
+            if not isinstance(column, str) or not column:
+                raise ConfigError(f"data.columns.{key} must be a column name (a string), got {column!r}")
 
 
 @dataclass
@@ -202,6 +214,9 @@ class RunConfig:
             raise ConfigError(f"variants lists a name twice: {self.variants}")
         if not self.variants:
             raise ConfigError(f"variants is empty; pick from {', '.join(VARIANTS)}")
+        if self.data.render == "chat_template" and self.generate.protocol == "chat":
+            raise ConfigError("generate.protocol 'chat' appends the HH cue '\\n\\nAssistant:', which a chat-template prompt already "
+                              "ends with its own cue for; use generate.protocol: paper with data.render: chat_template")
         if self.score.reward_model == RUN_RM and not self.rm.enabled:
             raise ConfigError("score.reward_model is 'rm' (this run's reward model) but rm.enabled is false; enable rm or name a reward model")
 

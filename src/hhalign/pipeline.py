@@ -62,7 +62,9 @@ def build_stages(cfg: RunConfig, run_dir: Path, data_seed: int | None = None) ->
     tiny = cfg.model.name_or_path == TINY
     v = set(cfg.variants)
     seed = cfg.seed if data_seed is None else data_seed
-    stages = [Stage("data", "01_data", [], {"data": c["data"], "seed": seed}, lambda: _data(cfg, run_dir))]
+    # the model matters to the data stage too: data.render=auto uses its chat template when it has one
+    stages = [Stage("data", "01_data", [], {"data": c["data"], "seed": seed, "model": cfg.model.name_or_path},
+                    lambda: _data(cfg, run_dir))]
     base_deps = ["data"] + (["pretrain"] if tiny else [])
     if tiny:
         stages.append(Stage("pretrain", STAGE_DIRS["pretrain"], ["data"], {"model": c["model"], "pretrain": c["pretrain"], "seed": cfg.seed},
