@@ -70,6 +70,7 @@ def test_dpo_raises_heldout_preference(trained: Path, stage: str) -> None:
     for sub in ("adapter", "model"):
         assert (trained / stage / sub).is_dir()
     assert (trained / stage / "adapter" / "adapter_config.json").is_file()
+    assert r["reference"] == "adapter disabled" and not (trained / stage / "adapter" / "ref").exists()
     assert r["from"].endswith("02_pretrain/model" if stage == "04_dpo" else "03_sft/model")
 
 

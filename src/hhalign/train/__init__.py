@@ -25,7 +25,10 @@ def run_stage(name: str, cfg: Any, run_dir: Path, resume: bool = False, from_mod
     check_trl_version()
     if name != "pretrain" and cfg.model.name_or_path != "tiny":
         check_model_source(cfg.model.name_or_path)
-    state = PartialState()
+    import torch
+
+    # cpu=True on CPU-only machines makes accelerate form the gloo group, so main_process_first really waits
+    state = PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():
         if state.is_main_process and read_manifest(Path(run_dir) / data.STAGE_DIR) is None:
             data.run(cfg, run_dir)

@@ -72,7 +72,6 @@ def preference_figures(model: Any, tok: Any, rows: list[dict[str, Any]], beta: f
 
 
 def run(cfg: RunConfig, run_dir: Path, from_model: str | None = None, resume: bool = False) -> dict[str, Any] | None:
-    from peft import get_peft_model
     from trl import DPOTrainer
 
     started = time.time()
@@ -87,15 +86,15 @@ def run(cfg: RunConfig, run_dir: Path, from_model: str | None = None, resume: bo
     rows, lengths = fit_rows(rows, tok, max_length, keep=cfg.dpo.keep_responses, keys=("chosen", "rejected"))
     dataset = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
     beta = cfg.dpo.args.get("beta", 0.1)
-    # --- model: wrap in the adapter ourselves so before/after figures use the same disable_adapter reference
-    model = get_peft_model(model, lora_cfg)
+    # --- model: TRL wraps it in the LoRA adapter; the reference is the same weights with the adapter disabled
+    args = trl_args(variant, cfg.dpo, stage_dir, cfg.seed)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_cfg)
+    model = trainer.model
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     before = preference_figures(model, tok, heldout, beta)
     # --- train
     model.train()
-    args = trl_args(variant, cfg.dpo, stage_dir, cfg.seed)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
     after = preference_figures(model, tok, heldout, beta)
     changes = _param_changes(model, frozen_before, lora_before)
@@ -104,7 +103,8 @@ def run(cfg: RunConfig, run_dir: Path, from_model: str | None = None, resume: bo
     report = {
         "stage": variant, "from": source, "train_pairs": len(rows), "heldout_pairs": len(heldout), "beta": beta,
         "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths, "before": before, "after": after,
-        "parameters": changes, "log_history": log_history(trainer),
+        "parameters": changes, "reference": "adapter disabled" if trainer.ref_model is None else "separate copy",
+        "log_history": log_history(trainer),
         "summary": f"{variant}: held-out implicit-reward margin {before['implicit_reward_margin']:.4f} -> "
                    f"{after['implicit_reward_margin']:.4f}, accuracy {before['implicit_reward_accuracy']:.2f} -> "
                    f"{after['implicit_reward_accuracy']:.2f}; {lengths['would_lose_response_tokens']} rows over max_length",

@@ -17,7 +17,7 @@ from datasets import Dataset
 from hhalign.config import RunConfig
 from hhalign.modeling import load_causal_lm
 from hhalign.train.common import (
-    STAGE_DIRS, base_model_path, data_dir, finish_stage, fit_rows, last_checkpoint, load_pairs, log_history, mean_nll,
+    STAGE_DIRS, TrainingError, base_model_path, data_dir, finish_stage, fit_rows, last_checkpoint, load_pairs, log_history, mean_nll,
     response_logps, save_model_atomically, trl_args,
 )
 
@@ -25,6 +25,20 @@ from hhalign.train.common import (
 def _heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]]) -> float:
     model.eval()
     return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]))
+
+
+def check_padding_free(model: Any, args: dict[str, Any]) -> None:
+    """OPT ignores position_ids outside flash-attention, so padding-free batches (padding_free, or packing with
+    the default 'bfd' strategy) would let packed sequences attend to each other: refuse rather than train wrong."""
+    flattened = args.get("padding_free") or (args.get("packing") and args.get("packing_strategy", "bfd") == "bfd")
+    attn = str(getattr(model.config, "_attn_implementation", ""))
+    if flattened and model.config.model_type == "opt" and not attn.startswith("flash"):
+        raise TrainingError(
+            f"sft.padding_free / packing (bfd) flatten a batch into one sequence, which OPT with '{attn}' attention "
+            "cannot separate (it ignores position_ids): use flash-attention "
+            "(--set sft.model_init_kwargs='{attn_implementation: flash_attention_2}' with flash-attn installed), "
+            "packing_strategy: wrapped, or group_by_length instead"
+        )
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] | None:
@@ -36,6 +50,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] |
     source = base_model_path(cfg, run_dir)
     rows, heldout = load_pairs(run_dir), load_pairs(run_dir, "heldout.jsonl")
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
+    check_padding_free(model, cfg.sft.args)
     max_length = cfg.sft.args.get("max_length", 1024)
     rows, lengths = fit_rows(rows, tok, max_length, keep=True, keys=("chosen",))
     if cfg.sft.loss_on == "all":
