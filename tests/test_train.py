@@ -99,6 +99,8 @@ def test_dpo_from_missing_sft_model_fails_before_training(tmp_path: Path, traine
     with pytest.raises(TrainingError, match=r"target_modules \['attn_qkv'\] do not exist.*q_proj"):
         run_stage("dpo", _cfg(tmp_path, "dpo.lora.target_modules=[attn_qkv]"), run_dir)
     assert not (run_dir / "04_dpo" / "model").exists()
+    with pytest.raises(TrainingError, match="OPT .* cannot separate"):
+        run_stage("sft", _cfg(tmp_path, "sft.padding_free=true"), run_dir)
 
 
 def test_bad_model_path_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

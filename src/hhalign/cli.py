@@ -102,6 +102,12 @@ def _load(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides=overrides, **top)
 
 
+def _stamp(cfg: Any, stage: str) -> None:
+    from hhalign.pipeline import stamp_standalone
+
+    stamp_standalone(cfg, cfg.run_dir, stage)
+
+
 def _cmd(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "config":
@@ -163,6 +169,7 @@ def _cmd(args: argparse.Namespace) -> int:
         from hhalign.data import run as data
 
         manifest = data(cfg, cfg.run_dir)
+        _stamp(cfg, "data")
         for note in manifest["notes"]:
             print(f"note: {note}", file=sys.stderr)
         print(manifest["summary"])
@@ -171,7 +178,9 @@ def _cmd(args: argparse.Namespace) -> int:
     if cmd in ("pretrain", "sft", "dpo", "rm"):
         from hhalign.train import run_stage
 
-        run_stage(cmd, cfg, cfg.run_dir, resume=args.resume, from_model=getattr(args, "from_model", None))
+        manifest = run_stage(cmd, cfg, cfg.run_dir, resume=args.resume, from_model=getattr(args, "from_model", None))
+        if manifest is not None:  # None on the non-main ranks of a distributed launch
+            _stamp(cfg, manifest["stage"])
         return 0
     if cmd == "run":
         from hhalign.pipeline import run_pipeline

@@ -213,6 +213,13 @@ def _stamp(run_dir: Path, stage: Stage) -> None:
     write_json(path, manifest)
 
 
+def stamp_standalone(cfg: RunConfig, run_dir: Path, name: str) -> None:
+    """After ``hhalign data|sft|dpo|...`` on its own: key the manifest as ``hhalign run`` would, so a later run skips it."""
+    for s in build_stages(cfg, run_dir):
+        if s.name == name and read_manifest(run_dir / s.dir) is not None:
+            _stamp(run_dir, s)
+
+
 def _prepare_dir(run_dir: Path, stage: Stage) -> None:
     """A stage folder left by different settings is cleared; one left by the same settings is resumed."""
     d = run_dir / stage.dir

@@ -1,0 +1,258 @@
+"""Generate stage: a model answers each eval prompt, greedily, in length-sorted left-padded batches.
+
+    hhalign generate --model runs/tiny/03_sft/model --prompts harmful.json --out sft_harmful.json [--protocol chat]
+
+    rows = run("facebook/opt-350m", Path("harmful.json"), Path("base_harmful.json"), GenerateSection())
+
+Two protocols (``GenerateSection.protocol``):
+
+- ``paper``: the study's evaluation exactly. The prompt goes in as given (it ends with a Human
+  turn, no "Assistant:" cue), greedy decoding, at most 50 new tokens, the response is the decoded
+  text after the prompt, stripped. The study ran one prompt at a time::
+
+      inputs = tok(prompt, return_tensors="pt")
+      output = model.generate(**inputs, max_new_tokens=50)
+      response = tok.decode(output[0][inputs.input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+  Batching gives the same responses (``tests/test_generate.py`` checks it against ``_study_loop``):
+  left padding keeps every prompt's last token at the end of the row, the attention mask hides
+  the pads, and OPT derives position ids from the mask (``cumsum(mask) - 1``), so each row sees the
+  positions it would see alone. A row that ends early is filled with the pad token, which is the
+  eos token (the study's setting) and is dropped by ``skip_special_tokens`` as the study's own eos is.
+- ``chat``: the prompt gets "\\n\\nAssistant:" appended, generation of a row stops at the next
+  "\\n\\nHuman:" (``stop_strings``, per row), and the response is the assistant's words alone.
+
+Each output row is ``{"prompt", "response", "n_prompt_tokens", "n_new_tokens", "finish_reason"}``,
+in prompt order; ``finish_reason`` is "eos" (the model ended), "stop" (it began a Human turn) or
+"length" (it used the whole budget). ``n_new_tokens`` counts the eos token when there is one;
+``n_prompt_tokens`` is what the model saw: a prompt too long for the model's positions loses its
+oldest tokens (with a warning) rather than crashing the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hhalign.artifacts import write_json
+from hhalign.config import GenerateSection
+from hhalign.modeling import load_causal_lm, pick_device
+
+log = logging.getLogger(__name__)
+
+ASSISTANT_CUE = "\n\nAssistant:"
+HUMAN_TURN = "\n\nHuman:"
+# Where the assistant's words end in the chat protocol: a Human turn at the start of a line (or of
+# the response). The stop string is "\n\nHuman:", but a model may also write "\nHuman:".
+_TURN = re.compile(r"(?:^|\n)[ \t]*Human:")
+# A batch may hold at most this many padded tokens per real token. Pads cost full compute in the
+# prompt pass; without a cap one long prompt pads every short prompt of its batch to its length
+# (measured on CPU, OPT-350M, 16 study prompts in one batch: 3.3 padded tokens per real one, and
+# slower than one prompt at a time). Sorted batches of similar lengths stay well under the cap.
+MAX_PADDING = 1.5
+
+
+class PromptFileError(ValueError):
+    """A prompts file that cannot be used, with the file, the entry and what is wrong."""
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """A JSON list of prompt strings, or of ``{"prompt": str, ...}`` objects (a response file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PromptFileError(f"{path}: cannot read prompts file: {e.strerror or e}") from e
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if not isinstance(data, list):
+        raise PromptFileError(f'{path}: expected a JSON list of prompt strings (or of {{"prompt": ...}}), got {type(data).__name__}')
+    prompts = []
+    for i, item in enumerate(data):
+        where = f"{path}: entry {i + 1} (index {i})"
+        if isinstance(item, dict):
+            if "prompt" not in item:
+                raise PromptFileError(f'{where} is an object without "prompt"')
+            item = item["prompt"]
+        if not isinstance(item, str):
+            raise PromptFileError(f"{where} is {type(item).__name__}, not a prompt string: {json.dumps(item)[:60]}")
+        if not item.strip():
+            raise PromptFileError(f"{where} is an empty prompt")
+        prompts.append(item)
+    return prompts
+
+
+def with_assistant_cue(prompt: str) -> str:
+    """The chat protocol's model input: the dialogue, then "\\n\\nAssistant:" (added once)."""
+    prompt = prompt.rstrip()
+    return prompt if prompt.endswith(ASSISTANT_CUE.strip()) else prompt + ASSISTANT_CUE
+
+
+def cut_at_turn(text: str) -> tuple[str, bool]:
+    """The assistant's words in ``text`` (stripped) and whether a Human turn marker cut them."""
+    m = _TURN.search(text)
+    return (text[: m.start()].strip(), True) if m else (text.strip(), False)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generate_responses(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[str],
+    cfg: GenerateSection,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    generate_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Greedy responses to ``prompts``, batched; rows in prompt order (see the module docstring).
+
+    ``generate_kwargs`` go to ``model.generate`` as well (e.g. ``min_new_tokens`` for benchmarks).
+    """
+    device = torch.device(device) if device is not None else model.device
+    if model.device != device:
+        model.to(device)
+    chat = cfg.protocol == "chat"
+    encoded = [_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts]
+    rows: list[dict[str, Any] | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
+    with torch.inference_mode(), bar:
+        for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size, MAX_PADDING):
+            batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {})
+            for i, row in zip(idx, batch):
+                rows[i] = {"prompt": prompts[i], **row}
+            bar.update(len(idx))
+    return rows  # type: ignore[return-value]
+
+
+def length_batches(lengths: list[int], max_size: int, max_padding: float) -> list[list[int]]:
+    """Indices grouped into batches of similar lengths, longest first.
+
+    A batch closes at ``max_size`` items, or before an item that would make its padded size
+    (items x longest) exceed ``max_padding`` x its real tokens. Longest first, so that a batch that
+    does not fit in memory fails at once rather than at the end.
+
+    >>> length_batches([5, 100, 90, 10], max_size=8, max_padding=1.5)
+    [[1, 2, 3], [0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    real = 0
+    for i in order:
+        if batches and len(batches[-1]) < max_size:
+            longest = lengths[batches[-1][0]]
+            if (len(batches[-1]) + 1) * longest <= max_padding * (real + lengths[i]):
+                batches[-1].append(i)
+                real += lengths[i]
+                continue
+        batches.append([i])
+        real = lengths[i]
+    return batches
+
+
+def _encode(tok: PreTrainedTokenizerBase, text: str, model: PreTrainedModel, max_new_tokens: int) -> list[int]:
+    """Token ids as ``tok(text)`` gives them; the oldest tokens are dropped if prompt + budget overflow the model.
+
+    (The study's loop would crash there instead: OPT has no position embedding past its last.)
+    """
+    ids = tok(text)["input_ids"]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None or len(ids) + max_new_tokens <= limit:
+        return ids
+    keep = limit - max_new_tokens
+    if keep < 2:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a {limit}-position model")
+    log.warning("prompt of %d tokens cut to its last %d to fit the model's %d positions", len(ids), keep, limit)
+    head = ids[:1] if ids[0] in tok.all_special_ids else []  # keep the bos token the tokenizer adds
+    return head + ids[len(ids) - (keep - len(head)) :]
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    batch_ids: list[list[int]],
+    cfg: GenerateSection,
+    device: torch.device,
+    extra: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One left-padded batch through ``model.generate``; per-row response, counts and finish reason."""
+    inputs = tok.pad({"input_ids": batch_ids}, padding=True, padding_side="left", return_tensors="pt").to(device)
+    kwargs: dict[str, Any] = dict(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tok.pad_token_id,  # fills rows that finished early (= eos, the study's setting)
+        use_cache=True,
+    )
+    if cfg.protocol == "chat":
+        kwargs.update(stop_strings=[HUMAN_TURN], tokenizer=tok)
+    output = model.generate(**inputs, **{**kwargs, **extra})  # (B, T + new)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+    eos_ids = _eos_ids(model, tok)
+    return [_finish(tok, ids, len(prompt), eos_ids, cfg.protocol) for ids, prompt in zip(new_tokens, batch_ids)]
+
+
+def _eos_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+
+
+def _finish(tok: PreTrainedTokenizerBase, ids: list[int], n_prompt: int, eos_ids: set[int], protocol: str) -> dict[str, Any]:
+    # After a row ends, generate fills it with pad == eos, so the first eos marks the end either way.
+    first_eos = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+    text = tok.decode(ids, skip_special_tokens=True)
+    stopped = False
+    if protocol == "chat":
+        response, stopped = cut_at_turn(text)
+    else:
+        response = text.strip()
+    if stopped:
+        reason, n_new = "stop", first_eos if first_eos is not None else len(ids)
+    elif first_eos is not None:
+        reason, n_new = "eos", first_eos + 1
+    else:
+        reason, n_new = "length", len(ids)
+    return {"response": response, "n_prompt_tokens": n_prompt, "n_new_tokens": n_new, "finish_reason": reason}
+
+
+def _study_loop(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 50, **generate_kwargs: Any
+) -> list[str]:
+    """The study's evaluation loop, one prompt at a time, word for word (the reference batching must match)."""
+    responses = []
+    for prompt in prompts:
+        inputs = tok(prompt, return_tensors="pt").to(model.device)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)  # greedy by default
+        responses.append(tok.decode(output[0][inputs.input_ids.shape[1] :], skip_special_tokens=True).strip())
+    return responses
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def run(
+    model_path: str | Path,
+    prompts_path: str | Path,
+    out_path: str | Path,
+    cfg: GenerateSection,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Load the model (hub id, local dir or LoRA adapter dir), answer every prompt, write ``out_path`` atomically."""
+    prompts = load_prompts(prompts_path)  # a bad file fails before the model loads
+    dev = pick_device(device)
+    model, tok = load_causal_lm(str(model_path), device=dev)
+    rows = generate_responses(model, tok, prompts, cfg, device=dev)
+    write_json(out_path, rows)
+    return rows
