@@ -147,3 +147,53 @@ def test_failing_stage_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 2
     err = capsys.readouterr().err
     assert "stage 'data' failed" in err and "does not exist" in err and "resume at 'data'" in err
+
+
+def test_seeds_share_data_and_aggregate(tmp_path: Path) -> None:
+    cmd = _cli("--seeds", "1,2", "--set", "variants=[base,sft]", "--set", "rm.num_train_epochs=1", tmp=tmp_path)
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "tiny"
+    assert (run_dir / "seed-1" / "01_data").resolve() == (run_dir / "01_data").resolve() == (run_dir / "seed-2" / "01_data").resolve()
+    per_seed = [read_json(run_dir / f"seed-{s}" / "09_metrics" / "metrics.json") for s in (1, 2)]
+    summary = read_json(run_dir / "seeds.json")["summary"]
+    assert set(summary) == {"base", "sft"}
+    for v in ("base", "sft"):
+        values = [m["variants"][v]["exact"]["CAS"] for m in per_seed]
+        assert summary[v]["CAS"]["values"] == values
+        assert summary[v]["CAS"]["mean"] == pytest.approx(sum(values) / 2)
+    text = (run_dir / "seeds_report.md").read_text()
+    assert "| Base |" in text and "## Per seed" in text and "| 2 | SFT |" in text
+    # different seeds trained different models on the same data
+    assert read_json(run_dir / "seed-1" / "03_sft" / "manifest.json")["config"]["seed"] == 1
+
+
+def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(_cli(tmp=tmp_path), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "tiny" / "02_pretrain").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; finished stages stay valid" in err
+    assert (tmp_path / "tiny" / "01_data" / "manifest.json").is_file()
+    assert not (tmp_path / "tiny" / "02_pretrain" / "manifest.json").exists()
+
+
+def test_disk_full_names_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from hhalign import data
+    from hhalign.config import load_config
+    from hhalign.pipeline import StageFailed, execute
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data, "run", full)
+    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides=[f"output_dir={tmp_path}"])
+    with pytest.raises(StageFailed, match="stage 'data' failed: the disk is full.*resumes at 'data'"):
+        execute(cfg, cfg.run_dir)
+    assert not (cfg.run_dir / "01_data" / "manifest.json").exists()

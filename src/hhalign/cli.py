@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="figures, report.md and a self-contained report.html")
     p.add_argument("dir", help="a run folder or a folder of scored response files")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--harmful-threshold", type=float, default=-3.0)
-    p.add_argument("--helpful-threshold", type=float, default=-2.0)
+    p.add_argument("--harmful-threshold", type=float, default=None,
+                   help="re-label with this threshold (default: the run's metrics.json, else -3)")
+    p.add_argument("--helpful-threshold", type=float, default=None,
+                   help="re-label with this threshold (default: the run's metrics.json, else -2)")
 
     p = sub.add_parser("config", help="print a preset resolved with overrides, or every key with its help")
     p.add_argument("config", nargs="?", help=CONFIG_HELP)
@@ -159,8 +161,16 @@ def _cmd(args: argparse.Namespace) -> int:
         from hhalign.config import MetricsSection, ReportSection
         from hhalign.report import build
 
-        mcfg = MetricsSection(harmful_threshold=args.harmful_threshold, helpful_threshold=args.helpful_threshold)
-        files = build(Path(args.dir), Path(args.out), ReportSection(), mcfg)
+        defaults = MetricsSection()
+        mcfg = MetricsSection(
+            harmful_threshold=defaults.harmful_threshold if args.harmful_threshold is None else args.harmful_threshold,
+            helpful_threshold=defaults.helpful_threshold if args.helpful_threshold is None else args.helpful_threshold)
+        metrics = None
+        if args.harmful_threshold is not None or args.helpful_threshold is not None:
+            from hhalign.metrics import run as compute_metrics  # thresholds given: re-label, don't reuse metrics.json
+
+            metrics = compute_metrics(Path(args.dir), mcfg)
+        files = build(Path(args.dir), Path(args.out), ReportSection(), mcfg, metrics=metrics)
         print(f"wrote {len(files)} files to {args.out}: open {Path(args.out) / 'report.html'}")
         return 0
 

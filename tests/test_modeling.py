@@ -1,0 +1,73 @@
+"""hhalign.modeling: tiny models that save and reload like any Hugging Face model, the real architectures
+built from their configurations, and clear errors for paths that are not models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hhalign.config import TinyModelSection
+from hhalign.modeling import (
+    ModelLoadError, build_tiny_causal_lm, build_tiny_reward_model, deberta_v3_large_config, load_causal_lm,
+    load_reward_model, n_params, opt_350m_config, train_tokenizer,
+)
+
+TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast.",
+         "\n\nHuman: What is the capital of France?\n\nAssistant: Paris."] * 20
+
+
+def test_tokenizer_round_trips_and_prepends_bos_like_opt() -> None:
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    ids = tok(TEXTS[0])["input_ids"]
+    assert ids[0] == tok.convert_tokens_to_ids("</s>")  # OPT's tokenizer prepends </s>
+    assert tok.decode(ids, skip_special_tokens=True) == TEXTS[0]
+    pair = train_tokenizer(TEXTS, vocab_size=300, kind="classifier")("a prompt", "a response")["input_ids"]
+    assert pair[0] == 0 and pair.count(2) == 2  # <s> A </s> B </s>
+
+
+def test_tiny_lm_saves_and_reloads(tmp_path: Path) -> None:
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    model = build_tiny_causal_lm(tok, TinyModelSection(hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64))
+    assert 10_000 < n_params(model) < 5_000_000
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, tok2 = load_causal_lm(str(tmp_path))
+    assert tok2.pad_token == tok2.eos_token  # the study's pad = eos
+    x = tok(TEXTS[:2], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**x).logits, again(**x).logits)
+
+
+def test_tiny_reward_model_gives_one_score(tmp_path: Path) -> None:
+    tok = train_tokenizer(TEXTS, vocab_size=300, kind="classifier")
+    rm = build_tiny_reward_model(tok, TinyModelSection(hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64))
+    rm.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, tok2 = load_reward_model(str(tmp_path))
+    out = model(**tok2(["p1", "p2"], ["r1", "r2 longer"], padding=True, return_tensors="pt")).logits
+    assert out.shape == (2, 1)
+
+
+def test_real_architectures_have_the_real_sizes() -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        opt = AutoModelForCausalLM.from_config(opt_350m_config())
+        deberta = AutoModelForSequenceClassification.from_config(deberta_v3_large_config())
+    assert 330e6 < n_params(opt) < 332e6  # facebook/opt-350m: 331M
+    assert 430e6 < n_params(deberta) < 440e6  # deberta-v3-large with its 128k vocabulary: 435M
+
+
+def test_paths_that_are_not_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_causal_lm(str(tmp_path / "missing"))
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        load_reward_model(str(tmp_path))
+
+
+def test_unreachable_hub_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="hub.*pass the local directory"):
+        load_causal_lm("facebook/opt-350m-not-cached")
