@@ -369,24 +369,13 @@ def draw_from_pairs(cfg: DataSection, pairs: list[Pair], where: str) -> tuple[di
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
-    """A JSON list of prompt strings (or of {"prompt": ...} objects)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"prompt file '{p}' not found")
+    """A JSON list of prompt strings (or of {"prompt": ...} objects); see hhalign.responses.load_prompts."""
+    from hhalign.responses import PromptFileError, load_prompts
+
     try:
-        items = read_json(p)
-    except json.JSONDecodeError as e:
-        raise DataError(f"prompt file '{p}' is not valid JSON: {e}") from e
-    if not isinstance(items, list):
-        raise DataError(f"prompt file '{p}' must hold a JSON list of strings, got {type(items).__name__}")
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
-            item = item["prompt"]
-        if not isinstance(item, str):
-            raise DataError(f"prompt file '{p}': entry {i} is not a string (nor an object with a string 'prompt')")
-        out.append(item)
-    return out
+        return load_prompts(path)
+    except PromptFileError as e:
+        raise DataError(f"prompt file: {e}") from e
 
 
 def write_prompts(path: Path, prompts: list[str]) -> Path:

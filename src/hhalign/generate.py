@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hhalign.artifacts import write_json
+from hhalign.responses import PromptFileError, load_prompts  # noqa: F401  (re-exported)
 from hhalign.config import GenerateSection
 from hhalign.modeling import load_causal_lm, pick_device
 
@@ -57,39 +58,6 @@ _TURN = re.compile(r"(?:^|\n)[ \t]*Human:")
 # (measured on CPU, OPT-350M, 16 study prompts in one batch: 3.3 padded tokens per real one, and
 # slower than one prompt at a time). Sorted batches of similar lengths stay well under the cap.
 MAX_PADDING = 1.5
-
-
-class PromptFileError(ValueError):
-    """A prompts file that cannot be used, with the file, the entry and what is wrong."""
-
-
-# ----------------------------------------------------------------------------- prompts
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """A JSON list of prompt strings, or of ``{"prompt": str, ...}`` objects (a response file)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PromptFileError(f"{path}: cannot read prompts file: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise PromptFileError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-    if not isinstance(data, list):
-        raise PromptFileError(f'{path}: expected a JSON list of prompt strings (or of {{"prompt": ...}}), got {type(data).__name__}')
-    prompts = []
-    for i, item in enumerate(data):
-        where = f"{path}: entry {i + 1} (index {i})"
-        if isinstance(item, dict):
-            if "prompt" not in item:
-                raise PromptFileError(f'{where} is an object without "prompt"')
-            item = item["prompt"]
-        if not isinstance(item, str):
-            raise PromptFileError(f"{where} is {type(item).__name__}, not a prompt string: {json.dumps(item)[:60]}")
-        if not item.strip():
-            raise PromptFileError(f"{where} is an empty prompt")
-        prompts.append(item)
-    return prompts
 
 
 def with_assistant_cue(prompt: str) -> str:

@@ -12,7 +12,6 @@ all and returns them by name; ``save_figure`` writes one atomically in each requ
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 
+from hhalign.artifacts import atomic_write_bytes
 from hhalign.config import PROMPT_SETS, VARIANT_LABELS, VARIANTS
 
 # Okabe-Ito colours (colour-blind safe), one per variant, used by every figure and the HTML viewer.
@@ -260,21 +260,8 @@ def save_figure(fig: Figure, stem: Path, formats: Iterable[str]) -> dict[str, Pa
     out = {}
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        write_bytes_atomic(path, figure_bytes(fig, fmt))
+        atomic_write_bytes(path, figure_bytes(fig, fmt))
         out[fmt] = path
     return out
 
 
-def write_bytes_atomic(path: Path, payload: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
