@@ -206,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     # transformers 5 renames gradient_checkpointing -> activation_checkpointing; TRL still calls the old names
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     args = build_parser().parse_args(argv)
-    from hhalign.errors import USER_ERRORS
+    from hhalign.errors import user_errors
 
     try:
         return _cmd(args)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"hhalign {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
+import sys
+
+# module -> error class names; looked up lazily, so `hhalign metrics` never imports torch just to catch errors
+_WHERE = {
+    "hhalign.config": ("ConfigError",),
+    "hhalign.data": ("DataError",),
+    "hhalign.formats": ("DataError",),
+    "hhalign.modeling": ("ModelLoadError",),
+    "hhalign.responses": ("ResponseFileError", "PromptFileError"),
+    "hhalign.metrics": ("MetricsError",),
+    "hhalign.train.common": ("TrainingError",),
+    "hhalign.pipeline": ("StageFailed",),
+}
 
 
-def _collect() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-fixable error classes of every hhalign module imported so far (one that raised is imported)."""
     found: list[type[BaseException]] = [FileNotFoundError]
-    for module, name in (
-        ("hhalign.config", "ConfigError"),
-        ("hhalign.data", "DataError"),
-        ("hhalign.modeling", "ModelLoadError"),
-        ("hhalign.responses", "ResponseFileError"),
-        ("hhalign.train", "TrainingError"),
-        ("hhalign.pipeline", "StageFailed"),
-    ):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
+    for module, names in _WHERE.items():
+        mod = sys.modules.get(module)
+        found += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
     return tuple(found)
-
-
-USER_ERRORS = _collect()
