@@ -21,7 +21,7 @@ from hhalign.config import RunConfig, library_class
 from hhalign.modeling import load_causal_lm
 from hhalign.train.common import (
     STAGE_DIRS, TrainingError, base_model_path, data_dir, finish_stage, fit_rows, is_main_process, last_checkpoint,
-    load_pairs, log_history, response_logps, stage_model_path, trl_args,
+    load_pairs, log_history, response_logps, save_model_atomically, stage_model_path, trl_args,
 )
 
 
@@ -99,7 +99,7 @@ def run(cfg: RunConfig, run_dir: Path, from_model: str | None = None, resume: bo
     after = preference_figures(model, tok, heldout, beta)
     changes = _param_changes(model, frozen_before, lora_before)
     # --- save: adapter, then the merged model for generation
-    _save(trainer, model, tok, stage_dir)
+    _save(trainer, tok, stage_dir)
     report = {
         "stage": variant, "from": source, "train_pairs": len(rows), "heldout_pairs": len(heldout), "beta": beta,
         "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths, "before": before, "after": after,
@@ -122,20 +122,17 @@ def _param_changes(model: Any, frozen: dict[str, torch.Tensor], lora: dict[str, 
             "frozen_tensors": len(frozen), "frozen_changed": frozen_changed}
 
 
-def _save(trainer: Any, model: Any, tok: Any, stage_dir: Path) -> None:
+def _save(trainer: Any, tok: Any, stage_dir: Path) -> None:
+    """Every rank calls the trainer's save (under FSDP it gathers the sharded adapter) into adapter/; the main
+    rank then builds the merged model for generation from that saved adapter, so both come from full weights."""
     from accelerate import PartialState
 
     from hhalign.artifacts import atomic_dir
 
-    state = PartialState()
-    state.wait_for_everyone()
+    save_model_atomically(trainer, tok, stage_dir / "adapter")
     if is_main_process():
-        unwrapped = trainer.accelerator.unwrap_model(model)
-        with atomic_dir(stage_dir / "adapter") as tmp:
-            unwrapped.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+        merged, _ = load_causal_lm(str(stage_dir / "adapter"))
         with atomic_dir(stage_dir / "model") as tmp:
-            merged = unwrapped.merge_and_unload(safe_merge=True)
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-    state.wait_for_everyone()
+    PartialState().wait_for_everyone()
