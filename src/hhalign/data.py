@@ -140,21 +140,9 @@ def read_rows(source: str, subset: str, split: str) -> list[RawRow] | None:
             raise DataError(f"data directory '{source}' does not exist. Pass --data-dir pointing at a folder laid out as <subset>/<split>.jsonl[.gz], e.g. ../shared/data/hh-rlhf")
         path = subset_file(source, subset, split)
         return None if path is None else formats.read_jsonl(path, subset)
-    return _read_hub(source, subset, split)
-
-
-def _read_hub(source: str, subset: str, split: str) -> list[RawRow]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(source, data_dir=subset, split=split)
-    except Exception as e:  # the hub raises many types: connection, offline mode, missing repo
-        raise DataError(
-            f"could not load '{source}' (data_dir={subset}, split={split}) from the Hugging Face hub: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. If the hub is unreachable, download the "
-            "dataset elsewhere and pass --data-dir with a local copy laid out as <subset>/<split>.jsonl[.gz]."
-        ) from e
-    return [RawRow(subset, i + 1, data=dict(r)) for i, r in enumerate(ds)]
+    return formats.read_hub(source, split, subset, data_dir=subset, advice=(
+        "If the hub is unreachable, download the dataset elsewhere and pass --data-dir with a local copy laid out "
+        "as <subset>/<split>.jsonl[.gz]."))
 
 
 def data_layout(d: DataSection) -> str:

@@ -237,17 +237,20 @@ def _read_parquet(path: Path, label: str) -> list[RawRow]:
     return [_row(label, i, r) for i, r in enumerate(table.to_pylist(), start=1)]
 
 
-def read_hub(source: str, split: str, label: str) -> list[RawRow]:
-    """Every row of one split of a hub dataset (row numbers as lines)."""
+def read_hub(source: str, split: str, label: str, data_dir: str | None = None, advice: str = "") -> list[RawRow]:
+    """Every row of one split of a hub dataset (row numbers as lines); ``data_dir`` picks a subset (HH-RLHF's)."""
     try:
         import datasets
 
-        ds = datasets.load_dataset(source, split=split)
+        subset = {"data_dir": data_dir} if data_dir else {}
+        ds = datasets.load_dataset(source, split=split, **subset)
     except Exception as e:  # the hub raises many types: connection, offline mode, missing repo
+        where = f"data_dir={data_dir}, split={split}" if data_dir else f"split={split}"
         raise DataError(
-            f"could not load '{source}' (split={split}) from the Hugging Face hub: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. If the hub is unreachable, save the split elsewhere "
-            "(e.g. ds.to_json('prefs.jsonl')) and pass the file as data.source (or --data-dir)."
+            f"could not load '{source}' ({where}) from the Hugging Face hub: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. "
+            + (advice or "If the hub is unreachable, save the split elsewhere (e.g. ds.to_json('prefs.jsonl')) "
+               "and pass the file as data.source (or --data-dir).")
         ) from e
     return [_row(label, i + 1, dict(r)) for i, r in enumerate(ds)]
 

@@ -27,6 +27,8 @@ from hhalign.config import PROMPT_SETS, RUN_RM, TINY, RunConfig, section_hash
 from hhalign.train.common import STAGE_DIRS
 
 GEN_DIR, SCORE_DIR, METRICS_DIR, REPORT_DIR = "07_generate", "08_score", "09_metrics", "10_report"
+# the training stage that makes each variant's model ("base" is trained here only for the tiny preset)
+VARIANT_STAGE = {"base": "pretrain", "sft": "sft", "dpo": "dpo", "sft_dpo": "sft_dpo"}
 
 
 class StageFailed(RuntimeError):
@@ -81,8 +83,7 @@ def build_stages(cfg: RunConfig, run_dir: Path, data_seed: int | None = None) ->
     if cfg.rm.enabled:
         stages.append(Stage("rm", STAGE_DIRS["rm"], ["data"], {"rm": c["rm"], "tiny": c["model"]["tiny"], "seed": cfg.seed},
                             lambda: run_stage("rm", cfg, run_dir, resume=True)))
-    model_stage = {"base": "pretrain" if tiny else None, "sft": "sft", "dpo": "dpo", "sft_dpo": "sft_dpo"}
-    gen_deps = ["data"] + sorted({model_stage[x] for x in cfg.variants if model_stage[x]})
+    gen_deps = ["data"] + sorted({VARIANT_STAGE[x] for x in cfg.variants if x != "base" or tiny})
     stages.append(Stage("generate", GEN_DIR, gen_deps, {"generate": c["generate"], "variants": cfg.variants,
                                                          "base": cfg.model.name_or_path}, lambda: _generate(cfg, run_dir)))
     score_deps = ["generate"] + (["rm"] if cfg.score.reward_model == RUN_RM else [])
@@ -158,7 +159,7 @@ def _generate(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def _model_key(variant: str, cfg: RunConfig, run_dir: Path) -> str | None:
-    stage = {"base": "pretrain", "sft": "sft", "dpo": "dpo", "sft_dpo": "sft_dpo"}[variant]
+    stage = VARIANT_STAGE[variant]
     m = read_manifest(run_dir / STAGE_DIRS[stage]) if (variant != "base" or cfg.model.name_or_path == TINY) else None
     return (m or {}).get("pipeline_key") or (cfg.model.name_or_path if variant == "base" else None)
 
