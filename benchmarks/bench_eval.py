@@ -1,7 +1,7 @@
 """Benchmark: the study's one-at-a-time evaluation against hhalign's batched generate and score.
 
     python benchmarks/bench_eval.py --n 100 --batch-size 16 --device auto
-    python benchmarks/bench_eval.py --n 16 --device cpu --threads 2      # a small CPU run
+    python benchmarks/bench_eval.py --n 16 --device cpu --threads 2 --dtype float32   # a small CPU run
 
 Both sides run the real architectures with random weights (same compute as the real models, no
 download): OPT-350M answers N of the study's prompts (harmful and helpful alternately), and the
@@ -9,9 +9,13 @@ DeBERTa-v3-large reward model scores N of the study's released (prompt, response
 tokenizers are byte-level BPEs trained here on HH-RLHF dialogues (ids stay below the models'
 vocabularies). Generation is forced to exactly 50 new tokens on both sides (min_new_tokens =
 max_new_tokens = 50), so both do the same work however early a random model would emit eos.
-Both sides run without autograd (generate always does; scoring is wrapped in inference_mode), so
-the ratio measures batching alone. The script also checks that both sides agree: identical
-responses, ratings within 1e-5.
+Both sides run without autograd (generate always does; scoring is wrapped in inference_mode).
+The study's side runs in float32, as the study did (transformers 4 loaded weights in float32);
+hhalign's side runs once per --dtype: in float32 the ratio measures batching alone, and the script
+checks that both sides agree (identical responses, ratings within 1e-5); in bfloat16 (hhalign's
+`dtype: bfloat16`, native on GPUs and on CPUs with AMX) it prints how many responses are still
+identical and how far the ratings moved. Random weights are the worst case for agreement: their
+next-token scores are near ties, which a rounding difference flips.
 
 On CPU, give --threads no more than the idle cores: with 2 threads on 2 cores of which another
 process held one, every operation waited on the descheduled thread (a decode step of OPT-350M
@@ -29,10 +33,9 @@ from pathlib import Path
 import torch
 
 from hhalign.config import GenerateSection
-from hhalign.generate import MAX_PADDING as GEN_PADDING
-from hhalign.generate import _study_loop, generate_responses, length_batches
-from hhalign.modeling import build_random, deberta_v3_large_config, opt_350m_config, pick_device, train_tokenizer
-from hhalign.score import _score_one_at_a_time, max_padding, score_pairs
+from hhalign.generate import PREFILL_OVERHEAD_CPU, _study_loop, generate_responses, length_batches
+from hhalign.modeling import DTYPES, build_random, deberta_v3_large_config, opt_350m_config, pick_device, train_tokenizer
+from hhalign.score import _score_one_at_a_time, pass_overhead, score_pairs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 NEW_TOKENS = 50  # the study's budget
@@ -44,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="hhalign's batch size for both stages")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--dtype", default="float32,bfloat16", help="hhalign's precisions to time, comma-separated")
     p.add_argument("--only", choices=("generate", "score"), default=None, help="run one half only")
     p.add_argument("--data-dir", type=Path, default=SHARED, help="the shared data folder (paper/ and hh-rlhf/)")
     return p.parse_args(argv)
@@ -84,57 +88,76 @@ def _timed(fn, device: torch.device):
     return out, time.perf_counter() - start
 
 
-def _describe(name: str, what: str, n_tokens: list[int], batch_size: int, padding_cap: float) -> None:
-    plan = length_batches(n_tokens, batch_size, padding_cap)
-    padded = sum(len(b) * n_tokens[b[0]] for b in plan)
-    print(f"{name}: {what}, {len(n_tokens)} of {min(n_tokens)}-{max(n_tokens)} tokens (mean {sum(n_tokens) / len(n_tokens):.0f})")
-    print(f"{name}: --batch-size {batch_size} -> batches of {[len(b) for b in plan]}, "
-          f"{padded / sum(n_tokens):.2f} padded tokens per real token")
+def _describe(name: str, what: str, n_tokens: list[int], batches: list[list[int]], groups: list[list[list[int]]]) -> None:
+    real = sum(n_tokens)
+    padded = sum(len(g) * n_tokens[g[0]] for gs in groups for g in gs)
+    print(f"{name}: {what}, {len(n_tokens)} of {min(n_tokens)}-{max(n_tokens)} tokens (mean {real / len(n_tokens):.0f})")
+    print(f"{name}: {len(batches)} batches of {[len(b) for b in batches]}, read in {sum(map(len, groups))} passes, "
+          f"{padded / real:.2f} padded tokens per real token")
 
 
-def _report(name: str, n: int, unit: str, study_s: float, ours_s: float) -> None:
-    print(f"{name}: study one-at-a-time {study_s:8.1f} s  {n / study_s:7.2f} {unit}/s")
-    print(f"{name}: hhalign batched     {ours_s:8.1f} s  {n / ours_s:7.2f} {unit}/s")
-    print(f"{name}: speed-up x{study_s / ours_s:.1f}")
+def _report(name: str, n: int, unit: str, study_s: float, ours: dict[str, float]) -> None:
+    print(f"{name}: study one-at-a-time float32 {study_s:8.1f} s  {n / study_s:7.2f} {unit}/s")
+    for dtype, ours_s in ours.items():
+        print(f"{name}: hhalign batched {dtype:>13} {ours_s:8.1f} s  {n / ours_s:7.2f} {unit}/s  speed-up x{study_s / ours_s:.1f}")
 
 
 # ----------------------------------------------------------------------------- the two halves
 
 
-def bench_generate(prompts: list[str], texts: list[str], batch_size: int, device: torch.device) -> float:
+def bench_generate(prompts: list[str], texts: list[str], batch_size: int, device: torch.device, dtypes: list[str]) -> dict[str, float]:
     tok = train_tokenizer(texts, vocab_size=8192)
     tok.pad_token = tok.eos_token  # the study's setting
     tok.model_max_length = opt_350m_config().max_position_embeddings
     model = build_random(opt_350m_config()).eval().to(device)
     n_tokens = [len(tok(p)["input_ids"]) for p in prompts]
-    _describe("generate", f"OPT-350M (random weights), {NEW_TOKENS} new tokens per prompt", n_tokens, batch_size, GEN_PADDING)
+    batches = length_batches(n_tokens, batch_size)
+    overhead = PREFILL_OVERHEAD_CPU if device.type == "cpu" else float("inf")
+    groups = [length_batches([n_tokens[i] - 1 for i in b], len(b), overhead) for b in batches]
+    groups = [[[b[j] for j in g] for g in gs] for b, gs in zip(batches, groups)]
+    _describe("generate", f"OPT-350M (random weights), {NEW_TOKENS} new tokens per prompt", n_tokens, batches, groups)
     force = {"min_new_tokens": NEW_TOKENS}
-    cfg = GenerateSection(max_new_tokens=NEW_TOKENS, batch_size=batch_size)
     _study_loop(model, tok, prompts[:1], max_new_tokens=2)  # warm-up (allocator, kernels)
     want, study_s = _timed(lambda: _study_loop(model, tok, prompts, max_new_tokens=NEW_TOKENS, **force), device)
-    rows, ours_s = _timed(
-        lambda: generate_responses(model, tok, prompts, cfg, device=device, progress=False, generate_kwargs=force), device
-    )
-    same = sum(r["response"] == w for r, w in zip(rows, want))
-    assert all(r["n_new_tokens"] == NEW_TOKENS for r in rows)
-    _report("generate", len(prompts), "prompts", study_s, ours_s)
-    print(f"generate: identical responses {same}/{len(prompts)}")
-    return study_s / ours_s
+    times, same = {}, {}
+    for dtype in dtypes:
+        cfg = GenerateSection(max_new_tokens=NEW_TOKENS, batch_size=batch_size, dtype=dtype)
+        m = model.to(DTYPES[dtype])
+        generate_responses(m, tok, prompts[:2], cfg, device=device, progress=False, generate_kwargs={"max_new_tokens": 2})
+        rows, times[dtype] = _timed(
+            lambda: generate_responses(m, tok, prompts, cfg, device=device, progress=False, generate_kwargs=force), device
+        )
+        assert all(r["n_new_tokens"] == NEW_TOKENS for r in rows)
+        same[dtype] = sum(r["response"] == w for r, w in zip(rows, want))
+    model.to(torch.float32)
+    _report("generate", len(prompts), "prompts", study_s, times)
+    for dtype, k in same.items():
+        print(f"generate: {dtype}: responses identical to the study loop's: {k}/{len(prompts)}")
+    return {d: study_s / t for d, t in times.items()}
 
 
-def bench_score(pairs: list[tuple[str, str]], texts: list[str], batch_size: int, device: torch.device) -> float:
+def bench_score(pairs: list[tuple[str, str]], texts: list[str], batch_size: int, device: torch.device, dtypes: list[str]) -> dict[str, float]:
     tok = train_tokenizer(texts, vocab_size=8192, kind="classifier")  # model_max_length 512, as the RM's
     model = build_random(deberta_v3_large_config(), reward=True).eval().to(device)
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
     n_tokens = [len(tok(p, r, truncation=True)["input_ids"]) for p, r in pairs]
-    _describe("score", "DeBERTa-v3-large reward model (random weights), pairs", n_tokens, batch_size, max_padding(device))
+    batches = length_batches(n_tokens, batch_size, pass_overhead(device))
+    _describe("score", "DeBERTa-v3-large reward model (random weights), pairs", n_tokens, batches, [[b] for b in batches])
     with torch.inference_mode():
         _score_one_at_a_time(model, tok, prompts[:1], responses[:1])  # warm-up
         want, study_s = _timed(lambda: _score_one_at_a_time(model, tok, prompts, responses), device)
-    got, ours_s = _timed(lambda: score_pairs(model, tok, prompts, responses, batch_size, device=device, progress=False), device)
-    _report("score", len(pairs), "pairs", study_s, ours_s)
-    print(f"score: max |batched - single| = {max(abs(a - b) for a, b in zip(got, want)):.2e}")
-    return study_s / ours_s
+    times, diff = {}, {}
+    for dtype in dtypes:
+        m = model.to(DTYPES[dtype])
+        score_pairs(m, tok, prompts[:2], responses[:2], batch_size, device=device, progress=False)  # warm-up
+        got, times[dtype] = _timed(lambda: score_pairs(m, tok, prompts, responses, batch_size, device=device, progress=False), device)
+        diff[dtype] = max(abs(a - b) for a, b in zip(got, want))
+    model.to(torch.float32)
+    _report("score", len(pairs), "pairs", study_s, times)
+    spread = max(want) - min(want)
+    for dtype, d in diff.items():
+        print(f"score: {dtype}: max |hhalign - study| = {d:.2e} (ratings spread over {spread:.2f})")
+    return {d: study_s / t for d, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,12 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}; --n {args.n} --batch-size {args.batch_size}")
     prompts, pairs, texts = load_inputs(args.data_dir, args.n)
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise SystemExit(f"--dtype {','.join(unknown)}: use {', '.join(DTYPES)}")
     ratios = {}
     if args.only in (None, "generate"):
-        ratios["generate"] = bench_generate(prompts, texts, args.batch_size, device)
+        ratios["generate"] = bench_generate(prompts, texts, args.batch_size, device, dtypes)
     if args.only in (None, "score"):
-        ratios["score"] = bench_score(pairs, texts, args.batch_size, device)
-    print("summary: " + ", ".join(f"{k} x{v:.1f}" for k, v in ratios.items()))
+        ratios["score"] = bench_score(pairs, texts, args.batch_size, device, dtypes)
+    print("summary: " + "; ".join(f"{k} " + ", ".join(f"{d} x{r:.1f}" for d, r in v.items()) for k, v in ratios.items()))
 
 
 if __name__ == "__main__":

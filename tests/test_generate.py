@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import random
 import re
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 import torch
 from transformers import OPTForCausalLM
 
+import hhalign.generate as gen_mod
 from hhalign.config import GenerateSection
 from hhalign.generate import (
     PromptFileError,
@@ -64,20 +68,42 @@ def eos_lm(tiny_lm_dir: Path):
     return model, tok
 
 
-def test_batched_equals_study_loop(lm):
+@pytest.fixture
+def prefills(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the batches whose prompts were read group by group into a merged cache."""
+    calls: list[int] = []
+    real = gen_mod._prefill
+
+    def spy(model, tok, batch_ids, groups, *args):
+        calls.append(len(groups))
+        return real(model, tok, batch_ids, groups, *args)
+
+    monkeypatch.setattr(gen_mod, "_prefill", spy)
+    return calls
+
+
+# 0: every length its own prompt pass; 64: the CPU default; inf: one padded pass per batch (a GPU's way)
+@pytest.mark.parametrize("overhead", [0.0, gen_mod.PREFILL_OVERHEAD_CPU, math.inf])
+def test_batched_equals_study_loop(lm, overhead, prefills, monkeypatch):
+    monkeypatch.setattr(gen_mod, "PREFILL_OVERHEAD_CPU", overhead)
     model, tok = lm
     want = _study_loop(model, tok, PROMPTS, max_new_tokens=30)
     for bs in (1, 3, 16):
         rows = generate_responses(model, tok, PROMPTS, GenerateSection(max_new_tokens=30, batch_size=bs), progress=False)
         assert [r["response"] for r in rows] == want, f"batch_size={bs}"
         assert [r["prompt"] for r in rows] == PROMPTS  # prompt order restored after length sorting
+    if math.isinf(overhead):
+        assert prefills == []
+    else:  # the merged-cache path ran, with several groups in a batch
+        assert prefills and max(prefills) >= 2
 
 
-def test_batched_equals_study_loop_when_rows_end_early(eos_lm):
+def test_batched_equals_study_loop_when_rows_end_early(eos_lm, prefills):
     model, tok = eos_lm
     want = _study_loop(model, tok, PROMPTS, max_new_tokens=30)
     rows = generate_responses(model, tok, PROMPTS, GenerateSection(max_new_tokens=30, batch_size=4), progress=False)
     assert [r["response"] for r in rows] == want
+    assert prefills, "the CPU path reads prompts group by group"
     ends = {r["n_new_tokens"] for r in rows if r["finish_reason"] == "eos"}
     assert len(ends) >= 2, "the rig should end rows early, at different steps, so that finished rows get padded"
     for p, r in zip(PROMPTS, rows):
@@ -235,15 +261,57 @@ def test_missing_prompts_file_fails_before_the_model_loads(tmp_path: Path):
         run("no/such/model", tmp_path / "missing.json", tmp_path / "out.json", GenerateSection())
 
 
-def test_length_batches_sorts_and_caps_padding():
+def _best_cost_by_brute_force(lengths: list[int], max_size: int, overhead: float) -> float:
+    """The least cost of any split of the length-sorted items into contiguous batches (2^(n-1) splits)."""
+    sizes = sorted(lengths, reverse=True)
+    best = math.inf
+    for cuts in itertools.product([False, True], repeat=len(sizes) - 1):
+        bounds = [0] + [k + 1 for k, c in enumerate(cuts) if c] + [len(sizes)]
+        batches = [sizes[a:b] for a, b in zip(bounds, bounds[1:])]
+        if all(len(b) <= max_size for b in batches):
+            best = min(best, sum(overhead + len(b) * b[0] for b in batches))
+    return best
+
+
+def test_length_batches_sorts_and_minimises_padded_work():
     from hhalign.generate import length_batches
 
-    assert length_batches([5, 100, 90, 10], max_size=8, max_padding=1.5) == [[1, 2, 3], [0]]
-    assert length_batches([3, 3, 3, 3, 3], max_size=2, max_padding=1.5) == [[0, 1], [2, 3], [4]]
-    assert length_batches([700, 20, 20, 20], max_size=4, max_padding=1.5) == [[0], [1, 2, 3]]
-    assert length_batches([], max_size=4, max_padding=1.5) == []
-    lengths = [17, 3, 250, 64, 64, 9, 120, 33]
-    batches = length_batches(lengths, max_size=3, max_padding=2.0)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) <= 3 and len(b) * lengths[b[0]] <= 2.0 * sum(lengths[i] for i in b)
+    assert length_batches([5, 100, 90, 10], max_size=8, overhead=20) == [[1, 2], [3, 0]]
+    assert length_batches([5, 100, 90, 10], max_size=8, overhead=1000) == [[1, 2, 3, 0]]
+    assert length_batches([5, 100, 90, 10], max_size=8, overhead=0) == [[1], [2], [3], [0]]
+    assert len(length_batches([3, 3, 3, 3, 3], max_size=2, overhead=0)) == 3  # ties go to the larger batch
+    assert length_batches([700, 20, 20, 20], max_size=4, overhead=64) == [[0], [1, 2, 3]]
+    assert length_batches([7, 1, 5, 3, 9], max_size=2) == [[4, 0], [2, 3], [1]]  # overhead inf: full batches
+    assert length_batches([], max_size=4, overhead=5) == []
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 9))]
+        max_size, overhead = rng.randint(1, 5), rng.choice([0, 16, 64, 500])
+        batches = length_batches(lengths, max_size, overhead)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) <= max_size and lengths[b[0]] == max(lengths[i] for i in b) for b in batches)
+        cost = sum(overhead + len(b) * lengths[b[0]] for b in batches)
+        assert cost == _best_cost_by_brute_force(lengths, max_size, overhead), (lengths, max_size, overhead)
+
+
+def test_chat_rows_are_the_same_whether_prompts_are_read_in_groups_or_padded(lm, prefills, monkeypatch):
+    model, tok = lm
+    cfg = GenerateSection(protocol="chat", max_new_tokens=12, batch_size=7)
+    monkeypatch.setattr(gen_mod, "PREFILL_OVERHEAD_CPU", math.inf)
+    padded = generate_responses(model, tok, PROMPTS, cfg, progress=False)
+    monkeypatch.setattr(gen_mod, "PREFILL_OVERHEAD_CPU", 0.0)
+    grouped = generate_responses(model, tok, PROMPTS, cfg, progress=False)
+    assert prefills == [len({len(tok(with_assistant_cue(p))["input_ids"]) for p in PROMPTS})]  # one group per length
+    assert grouped == padded
+
+
+def test_bfloat16_generation_loads_the_model_in_bfloat16(tiny_lm_dir: Path, tmp_path: Path, monkeypatch):
+    seen = []
+    real = gen_mod.generate_responses
+    monkeypatch.setattr(gen_mod, "generate_responses", lambda model, *a, **k: seen.append(model.dtype) or real(model, *a, **k))
+    (tmp_path / "p.json").write_text(json.dumps(PROMPTS[:3]))
+    rows = run(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5, dtype="bfloat16"), device="cpu")
+    assert seen == [torch.bfloat16]
+    assert [r["n_new_tokens"] for r in rows] == [5, 5, 5] and json.loads((tmp_path / "out.json").read_text()) == rows
+    run(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5), device="cpu")
+    assert seen[-1] == torch.float32  # the default: the study's precision

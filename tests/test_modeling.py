@@ -3,6 +3,7 @@ built from their configurations, and clear errors for paths that are not models.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from hhalign.config import TinyModelSection
 from hhalign.modeling import (
     ModelLoadError, build_tiny_causal_lm, build_tiny_reward_model, deberta_v3_large_config, load_causal_lm,
-    load_reward_model, n_params, opt_350m_config, train_tokenizer,
+    load_reward_model, n_params, opt_350m_config, resolve_dtype, train_tokenizer,
 )
 
 TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast.",
@@ -38,6 +39,27 @@ def test_tiny_lm_saves_and_reloads(tmp_path: Path) -> None:
     x = tok(TEXTS[:2], return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(**x).logits, again(**x).logits)
+
+
+def test_a_float16_checkpoint_loads_in_float32_unless_asked(tmp_path: Path) -> None:
+    """facebook/opt-350m is stored in float16; the study (transformers 4) ran it in float32, so must we."""
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    build_tiny_causal_lm(tok, TinyModelSection(hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64)).half().save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "float16"
+    assert load_causal_lm(str(tmp_path))[0].dtype == torch.float32
+    assert load_causal_lm(str(tmp_path), dtype=torch.bfloat16)[0].dtype == torch.bfloat16
+
+
+def test_resolve_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) == torch.float32 and resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16  # a CPU that multiplies bf16 natively
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_dtype("auto", cpu) == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'fp8': use one of float32, bfloat16, float16, auto"):
+        resolve_dtype("fp8", cpu)
 
 
 def test_tiny_reward_model_gives_one_score(tmp_path: Path) -> None:

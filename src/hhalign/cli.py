@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign import __version__
+from hhalign.config import DTYPE_HELP, EVAL_DTYPES
 
 CONFIG_HELP = "YAML preset (configs/paper.yaml, configs/tiny.yaml)"
 
@@ -62,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("paper", "chat"), default="paper", help="paper: the study's exactly; chat: cue and stop at turns")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=EVAL_DTYPES, default="float32", help=DTYPE_HELP)
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("score", help="add a reward-model 'rating' to response files, in place, atomically")
     p.add_argument("files", nargs="+", help="response files (JSON lists of {prompt, response})")
     p.add_argument("--reward-model", default=None, help="hub id or local dir (default: OpenAssistant/reward-model-deberta-v3-large-v2)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=EVAL_DTYPES, default="float32", help=DTYPE_HELP)
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("metrics", help="HmR, HpR, CAS with intervals, paired tests and threshold sweeps")
@@ -136,7 +139,9 @@ def _cmd(args: argparse.Namespace) -> int:
         from hhalign.config import GenerateSection
         from hhalign.generate import run as generate
 
-        cfg = GenerateSection(protocol=args.protocol, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        cfg = GenerateSection(
+            protocol=args.protocol, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype
+        )
         rows = generate(args.model, Path(args.prompts), Path(args.out), cfg, device=args.device)
         print(f"wrote {len(rows)} responses to {args.out}")
         return 0
@@ -144,7 +149,7 @@ def _cmd(args: argparse.Namespace) -> int:
         from hhalign.config import DEFAULT_REWARD_MODEL, ScoreSection
         from hhalign.score import run as score
 
-        cfg = ScoreSection(reward_model=args.reward_model or DEFAULT_REWARD_MODEL, batch_size=args.batch_size)
+        cfg = ScoreSection(reward_model=args.reward_model or DEFAULT_REWARD_MODEL, batch_size=args.batch_size, dtype=args.dtype)
         done = score(cfg.reward_model, [Path(f) for f in args.files], cfg, device=args.device)
         for path, ratings in done.items():
             print(f"{path}: {len(ratings)} ratings, mean {sum(ratings) / max(len(ratings), 1):.3f}")

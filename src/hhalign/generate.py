@@ -19,6 +19,9 @@ Two protocols (``GenerateSection.protocol``):
   the pads, and OPT derives position ids from the mask (``cumsum(mask) - 1``), so each row sees the
   positions it would see alone. A row that ends early is filled with the pad token, which is the
   eos token (the study's setting) and is dropped by ``skip_special_tokens`` as the study's own eos is.
+  On a CPU, where a pad costs as much compute as a real token, a batch's prompts are read in groups
+  of similar lengths and their caches merged, left-padded, into one (``_prefill``): the same keys
+  and values, without computing long runs of pads.
 - ``chat``: the prompt gets "\\n\\nAssistant:" appended, generation of a row stops at the next
   "\\n\\nHuman:" (``stop_strings``, per row), and the response is the assistant's words alone.
 
@@ -33,18 +36,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from hhalign.artifacts import write_json
 from hhalign.responses import PromptFileError, load_prompts  # noqa: F401  (re-exported)
 from hhalign.config import GenerateSection
-from hhalign.modeling import load_causal_lm, pick_device
+from hhalign.modeling import load_causal_lm, pick_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +58,11 @@ HUMAN_TURN = "\n\nHuman:"
 # Where the assistant's words end in the chat protocol: a Human turn at the start of a line (or of
 # the response). The stop string is "\n\nHuman:", but a model may also write "\nHuman:".
 _TURN = re.compile(r"(?:^|\n)[ \t]*Human:")
-# A batch may hold at most this many padded tokens per real token. Pads cost full compute in the
-# prompt pass; without a cap one long prompt pads every short prompt of its batch to its length
-# (measured on CPU, OPT-350M, 16 study prompts in one batch: 3.3 padded tokens per real one, and
-# slower than one prompt at a time). Sorted batches of similar lengths stay well under the cap.
-MAX_PADDING = 1.5
+# What one extra forward pass costs, in prompt tokens, when grouping prompts by length. On a CPU a
+# pass of OPT-350M over a short prompt costs about as much as 60 more tokens of a long one (weights
+# are read from memory once per pass: 75 ms for 14 tokens, 350 ms for 200, bfloat16, 2 cores), and
+# a pad token costs as much as a real one. On a GPU pads are nearly free, so a batch is one pass.
+PREFILL_OVERHEAD_CPU = 64.0
 
 
 def with_assistant_cue(prompt: str) -> str:
@@ -95,38 +100,44 @@ def generate_responses(
     encoded = [_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts]
     rows: list[dict[str, Any] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
+    overhead = PREFILL_OVERHEAD_CPU if device.type == "cpu" else math.inf
     with torch.inference_mode(), bar:
-        for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size, MAX_PADDING):
-            batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {})
+        for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size):
+            batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {}, overhead)
             for i, row in zip(idx, batch):
                 rows[i] = {"prompt": prompts[i], **row}
             bar.update(len(idx))
     return rows  # type: ignore[return-value]
 
 
-def length_batches(lengths: list[int], max_size: int, max_padding: float) -> list[list[int]]:
-    """Indices grouped into batches of similar lengths, longest first.
+def length_batches(lengths: list[int], max_size: int, overhead: float = math.inf) -> list[list[int]]:
+    """Indices grouped into batches of similar lengths, longest first, for the least padded work.
 
-    A batch closes at ``max_size`` items, or before an item that would make its padded size
-    (items x longest) exceed ``max_padding`` x its real tokens. Longest first, so that a batch that
-    does not fit in memory fails at once rather than at the end.
+    A batch of ``n`` items whose longest has ``L`` tokens costs ``overhead + n * L`` (``overhead``:
+    what one more forward pass costs, in tokens); the split of the length-sorted items into
+    batches of at most ``max_size`` minimises the total. ``overhead=inf`` gives full batches
+    (pads are free, passes are not: a GPU); ``overhead=0`` batches only equal lengths. Longest
+    first, so that a batch too big for memory fails at once rather than at the end.
 
-    >>> length_batches([5, 100, 90, 10], max_size=8, max_padding=1.5)
-    [[1, 2, 3], [0]]
+    >>> length_batches([5, 100, 90, 10], max_size=8, overhead=20)
+    [[1, 2], [3, 0]]
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    real = 0
-    for i in order:
-        if batches and len(batches[-1]) < max_size:
-            longest = lengths[batches[-1][0]]
-            if (len(batches[-1]) + 1) * longest <= max_padding * (real + lengths[i]):
-                batches[-1].append(i)
-                real += lengths[i]
-                continue
-        batches.append([i])
-        real = lengths[i]
-    return batches
+    if math.isinf(overhead):
+        return [order[k : k + max_size] for k in range(0, len(order), max_size)]
+    sizes = [lengths[i] for i in order]
+    best = [0.0] + [math.inf] * len(order)  # best[e]: least cost of the first e items
+    start_of = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(max(0, end - max_size), end):  # largest batch first: it wins ties
+            cost = best[start] + overhead + (end - start) * sizes[start]
+            if cost < best[end]:
+                best[end], start_of[end] = cost, start
+    batches, end = [], len(order)
+    while end:
+        batches.append(order[start_of[end] : end])
+        end = start_of[end]
+    return batches[::-1]
 
 
 def _encode(tok: PreTrainedTokenizerBase, text: str, model: PreTrainedModel, max_new_tokens: int) -> list[int]:
@@ -153,8 +164,14 @@ def _generate_batch(
     cfg: GenerateSection,
     device: torch.device,
     extra: dict[str, Any],
+    overhead: float = math.inf,
 ) -> list[dict[str, Any]]:
-    """One left-padded batch through ``model.generate``; per-row response, counts and finish reason."""
+    """One left-padded batch through ``model.generate``; per-row response, counts and finish reason.
+
+    With a finite ``overhead`` (a CPU), the prompts are first read in groups of similar lengths and
+    their caches merged (``_prefill``), so no pass computes long runs of pads; decoding then runs
+    over the whole batch. Otherwise ``generate`` reads the padded batch in one pass.
+    """
     inputs = tok.pad({"input_ids": batch_ids}, padding=True, padding_side="left", return_tensors="pt").to(device)
     kwargs: dict[str, Any] = dict(
         do_sample=False,
@@ -165,10 +182,68 @@ def _generate_batch(
     )
     if cfg.protocol == "chat":
         kwargs.update(stop_strings=[HUMAN_TURN], tokenizer=tok)
-    output = model.generate(**inputs, **{**kwargs, **extra})  # (B, T + new)
+    kwargs.update(extra)
+    groups = length_batches([len(ids) - 1 for ids in batch_ids], len(batch_ids), overhead)
+    if len(groups) > 1 and _mergeable(model):
+        max_len = inputs["input_ids"].shape[1] + kwargs["max_new_tokens"]
+        kwargs.update(past_key_values=_prefill(model, tok, batch_ids, groups, max_len, device), disable_compile=True)
+    output = model.generate(**inputs, **kwargs)  # (B, T + new)
     new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
     eos_ids = _eos_ids(model, tok)
     return [_finish(tok, ids, len(prompt), eos_ids, cfg.protocol) for ids, prompt in zip(new_tokens, batch_ids)]
+
+
+def _mergeable(model: PreTrainedModel) -> bool:
+    """Whether prompt caches can be merged: a decoder whose every layer keeps a plain full-attention cache."""
+    if model.config.is_encoder_decoder:
+        return False
+    try:
+        cache = StaticCache(config=model.config, max_cache_len=2)
+    except Exception:  # noqa: BLE001  (a model type the static cache does not know)
+        return False
+    return all(type(layer) is StaticLayer for layer in cache.layers)
+
+
+def _prefill(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    batch_ids: list[list[int]],
+    groups: list[list[int]],
+    max_len: int,
+    device: torch.device,
+) -> StaticCache:
+    """The batch's key/value cache for every prompt token but the last, computed group by group.
+
+    Each group is left-padded to its own longest prompt only, and its positions come from its own
+    mask (``cumsum(mask) - 1``), so every real token gets the keys and values it gets alone or in
+    the padded batch. The rows are then placed, left-padded, into one static cache (written in
+    place as decoding goes, where the default cache would copy itself at every step), and
+    ``generate`` reads each prompt's last token and decodes the whole batch from there.
+    """
+    width = max(len(ids) for ids in batch_ids) - 1  # cached positions: all but each prompt's last token
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for group in groups:
+        rows = [batch_ids[i][:-1] for i in group]
+        if not any(rows):
+            continue
+        enc = tok.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt").to(device)
+        positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        cache = model(**enc, position_ids=positions, use_cache=True).past_key_values
+        for j, i in enumerate(group):
+            n = len(rows[j])
+            parts[i] = [(layer.keys[j, :, -n:], layer.values[j, :, -n:]) for layer in cache.layers] if n else []
+    merged = StaticCache(config=model.config, max_cache_len=max_len)
+    for li in range(model.config.get_text_config(decoder=True).num_hidden_layers):
+        ref_k, ref_v = next(p[li] for p in parts.values() if p)
+        keys = ref_k.new_zeros((len(batch_ids), ref_k.shape[0], width, ref_k.shape[-1]))
+        values = ref_v.new_zeros((len(batch_ids), ref_v.shape[0], width, ref_v.shape[-1]))
+        for i, layers in parts.items():
+            if layers:
+                k, v = layers[li]
+                keys[i, :, width - k.shape[1] :] = k
+                values[i, :, width - v.shape[1] :] = v
+        merged.update(keys, values, li)
+    return merged
 
 
 def _eos_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> set[int]:
@@ -220,7 +295,7 @@ def run(
     """Load the model (hub id, local dir or LoRA adapter dir), answer every prompt, write ``out_path`` atomically."""
     prompts = load_prompts(prompts_path)  # a bad file fails before the model loads
     dev = pick_device(device)
-    model, tok = load_causal_lm(str(model_path), device=dev)
+    model, tok = load_causal_lm(str(model_path), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
     rows = generate_responses(model, tok, prompts, cfg, device=dev)
     write_json(out_path, rows)
     return rows

@@ -238,13 +238,14 @@ def load_causal_lm(
     name_or_path: str,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype = torch.float32,
     pad_token: str = "eos",
     merge_adapter: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a hub id, a local model dir, or a PEFT LoRA adapter dir.
 
-    An adapter is loaded onto its base (``base_model_name_or_path`` in adapter_config.json) and,
+    Weights load in ``dtype``, float32 unless asked (the study's transformers 4 default; transformers 5
+    would use the checkpoint's own type, float16 for facebook/opt-350m). An adapter is loaded onto its base (``base_model_name_or_path`` in adapter_config.json) and,
     by default, merged, so generation runs at the base model's speed.
     """
     check_model_source(name_or_path)
@@ -274,9 +275,9 @@ def load_causal_lm(
 
 
 def load_reward_model(
-    name_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    name_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A sequence-classification reward model (score = logits[0]) and its tokenizer."""
+    """A sequence-classification reward model (score = logits[0]) and its tokenizer, weights in ``dtype``."""
     check_model_source(name_or_path, "reward model")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
@@ -291,6 +292,27 @@ def load_reward_model(
     if device is not None:
         model.to(device)
     return model, tok
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU with bf16, or a CPU with AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for a config's ``dtype``: float32, bfloat16, float16, or auto (bf16 where native, else float32)."""
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use one of {', '.join([*DTYPES, 'auto'])}")
+    return DTYPES[name]
 
 
 def pick_device(device: str = "auto") -> torch.device:
