@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from hhalign.config import GenerateSection
-from hhalign.generate import PREFILL_OVERHEAD_CPU, _study_loop, generate_responses, length_batches
+from hhalign.generate import _study_loop, generate_responses, length_batches, prefill_overhead
 from hhalign.modeling import DTYPES, build_random, deberta_v3_large_config, opt_350m_config, pick_device, train_tokenizer
 from hhalign.score import _score_one_at_a_time, pass_overhead, score_pairs
 
@@ -112,8 +112,7 @@ def bench_generate(prompts: list[str], texts: list[str], batch_size: int, device
     model = build_random(opt_350m_config()).eval().to(device)
     n_tokens = [len(tok(p)["input_ids"]) for p in prompts]
     batches = length_batches(n_tokens, batch_size)
-    overhead = PREFILL_OVERHEAD_CPU if device.type == "cpu" else float("inf")
-    groups = [length_batches([n_tokens[i] - 1 for i in b], len(b), overhead) for b in batches]
+    groups = [length_batches([n_tokens[i] - 1 for i in b], len(b), prefill_overhead(device)) for b in batches]
     groups = [[[b[j] for j in g] for g in gs] for b, gs in zip(batches, groups)]
     _describe("generate", f"OPT-350M (random weights), {NEW_TOKENS} new tokens per prompt", n_tokens, batches, groups)
     force = {"min_new_tokens": NEW_TOKENS}

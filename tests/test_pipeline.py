@@ -182,6 +182,29 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "tiny" / "02_pretrain" / "manifest.json").exists()
 
 
+def test_a_swallowed_ctrl_c_still_stops_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt that a library drops must not let the stage be marked finished."""
+    from hhalign import artifacts
+    from hhalign.train.common import StopOnInterrupt
+
+    monkeypatch.setattr(artifacts, "_interrupted", False)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        artifacts.catch_interrupts()
+        try:  # a library that swallows the interrupt
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        StopOnInterrupt().on_step_end(None, None, None)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.write_manifest(tmp_path, stage="sft", config={})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_disk_full_names_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 

@@ -13,8 +13,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -120,6 +122,32 @@ def git_commit() -> str | None:
         return None
 
 
+_interrupted = False
+
+
+def catch_interrupts() -> None:
+    """Make Ctrl-C stick: it raises KeyboardInterrupt as usual and is also remembered.
+
+    Python drops a KeyboardInterrupt that lands while a finalizer or a callback inside a library
+    runs ("Exception ignored in ..."), and a run would then go on as if nothing happened. With the
+    interrupt remembered, ``stop_if_interrupted`` stops it at the next training step or before the
+    next manifest, so a stage interrupted that way is never marked finished.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        global _interrupted
+        _interrupted = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
+def stop_if_interrupted() -> None:
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def write_manifest(
     stage_dir: str | Path,
     *,
@@ -130,7 +158,11 @@ def write_manifest(
     started: float | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``manifest.json`` last: inputs with hashes, config section, outputs, versions, timings."""
+    """Write ``manifest.json`` last: inputs with hashes, config section, outputs, versions, timings.
+
+    After a Ctrl-C (``catch_interrupts``) it raises KeyboardInterrupt instead: the stage stays unfinished.
+    """
+    stop_if_interrupted()
     stage_dir = Path(stage_dir)
     outs = []
     for o in outputs:

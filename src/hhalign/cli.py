@@ -211,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     # transformers 5 renames gradient_checkpointing -> activation_checkpointing; TRL still calls the old names
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     args = build_parser().parse_args(argv)
+    from hhalign.artifacts import catch_interrupts
     from hhalign.errors import user_errors
 
+    catch_interrupts()
     try:
         return _cmd(args)
     except Exception as e:

@@ -65,6 +65,10 @@ _TURN = re.compile(r"(?:^|\n)[ \t]*Human:")
 PREFILL_OVERHEAD_CPU = 64.0
 
 
+def prefill_overhead(device: torch.device) -> float:
+    return PREFILL_OVERHEAD_CPU if device.type == "cpu" else math.inf
+
+
 def with_assistant_cue(prompt: str) -> str:
     """The chat protocol's model input: the dialogue, then "\\n\\nAssistant:" (added once)."""
     prompt = prompt.rstrip()
@@ -100,7 +104,7 @@ def generate_responses(
     encoded = [_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts]
     rows: list[dict[str, Any] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
-    overhead = PREFILL_OVERHEAD_CPU if device.type == "cpu" else math.inf
+    overhead = prefill_overhead(device)
     with torch.inference_mode(), bar:
         for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size):
             batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {}, overhead)

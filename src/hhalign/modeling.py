@@ -245,8 +245,9 @@ def load_causal_lm(
     """A causal LM and its tokenizer from a hub id, a local model dir, or a PEFT LoRA adapter dir.
 
     Weights load in ``dtype``, float32 unless asked (the study's transformers 4 default; transformers 5
-    would use the checkpoint's own type, float16 for facebook/opt-350m). An adapter is loaded onto its base (``base_model_name_or_path`` in adapter_config.json) and,
-    by default, merged, so generation runs at the base model's speed.
+    would use the checkpoint's own type, float16 for facebook/opt-350m). An adapter is loaded onto its
+    base (``base_model_name_or_path`` in adapter_config.json) and, by default, merged, so generation
+    runs at the base model's speed.
     """
     check_model_source(name_or_path)
     try:

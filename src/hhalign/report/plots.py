@@ -137,16 +137,26 @@ def _sets_present(data: dict[str, Any]) -> list[str]:
     return [s for s in PROMPT_SETS if s in present] + sorted(present - set(PROMPT_SETS))
 
 
-def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
-    """Rating distributions per variant, one panel per prompt set, threshold dashed."""
+def _rating_panels(data: dict[str, Any], height: float) -> tuple[Figure, list[tuple]] | None:
+    """A figure with one panel per prompt set that has ratings, and per panel (ax, set, ratings, colors, variants)."""
     sets = [s for s in _sets_present(data) if _ratings(data, s)]
     if not sets:
         return None
-    fig, axes = _figure(4.2 * len(sets) + 0.6, 4.2, len(sets))
+    fig, axes = _figure(4.2 * len(sets) + 0.6, height, len(sets))
+    panels = []
     for ax, s in zip(axes, sets):
         ratings = _ratings(data, s)
-        colors = variant_colors(ratings)
-        names = list(ratings)
+        panels.append((ax, s, ratings, variant_colors(ratings), list(ratings)))
+    return fig, panels
+
+
+def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
+    """Rating distributions per variant, one panel per prompt set, threshold dashed."""
+    panels = _rating_panels(data, height=4.2)
+    if panels is None:
+        return None
+    fig, panels = panels
+    for ax, s, ratings, colors, names in panels:
         bp = ax.boxplot([ratings[v] for v in names], patch_artist=True, widths=0.6,
                         medianprops={"color": "black"}, flierprops={"markersize": 3})
         for patch, v in zip(bp["boxes"], names):
@@ -164,14 +174,11 @@ def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
 
 def fig_means(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
     """Mean rating per variant, one panel per prompt set, threshold dashed."""
-    sets = [s for s in _sets_present(data) if _ratings(data, s)]
-    if not sets:
+    panels = _rating_panels(data, height=4.0)
+    if panels is None:
         return None
-    fig, axes = _figure(4.2 * len(sets) + 0.6, 4.0, len(sets))
-    for ax, s in zip(axes, sets):
-        ratings = _ratings(data, s)
-        colors = variant_colors(ratings)
-        names = list(ratings)
+    fig, panels = panels
+    for ax, s, ratings, colors, names in panels:
         means = [sum(r) / len(r) for r in ratings.values()]
         bars = ax.bar(range(len(names)), means, color=[colors[v] for v in names], width=0.6)
         ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=8)

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from hhalign.artifacts import read_jsonl, write_json, write_manifest
+from transformers import TrainerCallback
+
+from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json, write_manifest
 from hhalign.config import TINY, RunConfig, TrainSection, library_class
 from hhalign.data import ASSISTANT, STAGE_DIR as DATA_DIR, parse_hh_dialogue, render_hh
 
@@ -253,3 +255,10 @@ def finish_stage(
 
 def log_history(trainer: Any) -> list[dict[str, Any]]:
     return [{k: v for k, v in h.items() if isinstance(v, (int, float)) and math.isfinite(v)} for h in trainer.state.log_history]
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Stops training at the next step after a Ctrl-C that a library swallowed (see ``artifacts.catch_interrupts``)."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        stop_if_interrupted()

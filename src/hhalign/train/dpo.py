@@ -21,7 +21,7 @@ from hhalign.config import RunConfig, library_class
 from hhalign.modeling import load_causal_lm
 from hhalign.train.common import (
     STAGE_DIRS, TrainingError, base_model_path, data_dir, finish_stage, fit_rows, is_main_process, last_checkpoint,
-    load_pairs, log_history, response_logps, save_model_atomically, stage_model_path, trl_args,
+    load_pairs, log_history, response_logps, save_model_atomically, stage_model_path, StopOnInterrupt, trl_args,
 )
 
 
@@ -88,7 +88,9 @@ def run(cfg: RunConfig, run_dir: Path, from_model: str | None = None, resume: bo
     beta = cfg.dpo.args.get("beta", 0.1)
     # --- model: TRL wraps it in the LoRA adapter; the reference is the same weights with the adapter disabled
     args = trl_args(variant, cfg.dpo, stage_dir, cfg.seed)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_cfg)
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_cfg, callbacks=[StopOnInterrupt()]
+    )
     model = trainer.model
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}

@@ -16,7 +16,7 @@ from hhalign.config import RunConfig
 from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
 from hhalign.train.common import (
     STAGE_DIRS, data_dir, finish_stage, last_checkpoint, load_pairs, log_history, mean_nll, response_logps,
-    save_model_atomically, trl_args,
+    save_model_atomically, StopOnInterrupt, trl_args,
 )
 
 
@@ -44,7 +44,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] |
                               "texts": len(texts), "heldout_pairs": len(heldout)}
     if cfg.pretrain.enabled:
         args = trl_args("pretrain", cfg.pretrain, stage_dir, cfg.seed, dataset_text_field="text")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok, callbacks=[StopOnInterrupt()]
+        )
         trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
         report["log_history"] = log_history(trainer)
         save_model_atomically(trainer, tok, stage_dir / "model")

@@ -18,7 +18,8 @@ from datasets import Dataset
 from hhalign.config import TINY, RunConfig
 from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
 from hhalign.train.common import (
-    STAGE_DIRS, data_dir, finish_stage, last_checkpoint, load_pairs, log_history, save_model_atomically, trl_args,
+    STAGE_DIRS, data_dir, finish_stage, last_checkpoint, load_pairs, log_history, save_model_atomically, StopOnInterrupt,
+    trl_args,
 )
 
 
@@ -61,7 +62,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] |
     before = pairwise_accuracy(model, tok, heldout)
     model.train()
     args = trl_args("rm", cfg.rm, stage_dir, cfg.seed)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=_encode(tok, rows, max_length), processing_class=tok)
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=_encode(tok, rows, max_length), processing_class=tok, callbacks=[StopOnInterrupt()]
+    )
     trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
     save_model_atomically(trainer, tok, stage_dir / "model")
     model.eval()

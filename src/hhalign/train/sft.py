@@ -18,7 +18,7 @@ from hhalign.config import RunConfig
 from hhalign.modeling import load_causal_lm
 from hhalign.train.common import (
     STAGE_DIRS, TrainingError, base_model_path, data_dir, finish_stage, fit_rows, last_checkpoint, load_pairs, log_history, mean_nll,
-    response_logps, save_model_atomically, trl_args,
+    response_logps, save_model_atomically, StopOnInterrupt, trl_args,
 )
 
 
@@ -63,7 +63,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] |
     before = _heldout_nll(model, tok, heldout)
     model.train()
     args = trl_args("sft", cfg.sft, stage_dir, cfg.seed, **fixed)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[StopOnInterrupt()]
+    )
     trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
     save_model_atomically(trainer, tok, stage_dir / "model")
     # --- report
