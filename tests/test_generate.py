@@ -315,3 +315,23 @@ def test_bfloat16_generation_loads_the_model_in_bfloat16(tiny_lm_dir: Path, tmp_
     assert [r["n_new_tokens"] for r in rows] == [5, 5, 5] and json.loads((tmp_path / "out.json").read_text()) == rows
     run(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5), device="cpu")
     assert seen[-1] == torch.float32  # the default: the study's precision
+
+
+def test_merged_prompt_caches_work_beyond_opt_and_fall_back_where_they_cannot(lm, prefills, monkeypatch):
+    """Llama (rotary positions, grouped-query attention) goes through the merged-cache path and matches
+    the study's loop; Mistral with a sliding window cannot merge caches and takes the padded path."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    _, tok = lm
+    sizes = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(**sizes, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    mistral = MistralForCausalLM(MistralConfig(**sizes, sliding_window=16)).eval()
+    monkeypatch.setattr(gen_mod, "PREFILL_OVERHEAD_CPU", 0.0)
+    cfg = GenerateSection(max_new_tokens=20, batch_size=len(PROMPTS))
+    for model, merges in ((llama, True), (mistral, False)):
+        prefills.clear()
+        want = _study_loop(model, tok, PROMPTS, max_new_tokens=20)
+        assert [r["response"] for r in generate_responses(model, tok, PROMPTS, cfg, progress=False)] == want
+        assert bool(prefills) is merges, type(model).__name__
