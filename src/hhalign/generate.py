@@ -104,7 +104,8 @@ def generate_responses(
     encoded = [_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts]
     rows: list[dict[str, Any] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
-    overhead = prefill_overhead(device)
+    # prompts read in groups only where caches can be merged; otherwise one padded pass per batch
+    overhead = prefill_overhead(device) if _mergeable(model) else math.inf
     with torch.inference_mode(), bar:
         for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size):
             batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {}, overhead)
@@ -172,7 +173,7 @@ def _generate_batch(
 ) -> list[dict[str, Any]]:
     """One left-padded batch through ``model.generate``; per-row response, counts and finish reason.
 
-    With a finite ``overhead`` (a CPU), the prompts are first read in groups of similar lengths and
+    With a finite ``overhead`` (a CPU, a model whose caches merge), the prompts are first read in groups of similar lengths and
     their caches merged (``_prefill``), so no pass computes long runs of pads; decoding then runs
     over the whole batch. Otherwise ``generate`` reads the padded batch in one pass.
     """
@@ -188,7 +189,7 @@ def _generate_batch(
         kwargs.update(stop_strings=[HUMAN_TURN], tokenizer=tok)
     kwargs.update(extra)
     groups = length_batches([len(ids) - 1 for ids in batch_ids], len(batch_ids), overhead)
-    if len(groups) > 1 and _mergeable(model):
+    if len(groups) > 1:
         max_len = inputs["input_ids"].shape[1] + kwargs["max_new_tokens"]
         kwargs.update(past_key_values=_prefill(model, tok, batch_ids, groups, max_len, device), disable_compile=True)
     output = model.generate(**inputs, **kwargs)  # (B, T + new)
@@ -237,8 +238,8 @@ def _prefill(
             n = len(rows[j])
             parts[i] = [(layer.keys[j, :, -n:], layer.values[j, :, -n:]) for layer in cache.layers] if n else []
     merged = StaticCache(config=model.config, max_cache_len=max_len)
-    for li in range(model.config.get_text_config(decoder=True).num_hidden_layers):
-        ref_k, ref_v = next(p[li] for p in parts.values() if p)
+    some_row = next(p for p in parts.values() if p)
+    for li, (ref_k, ref_v) in enumerate(some_row):
         keys = ref_k.new_zeros((len(batch_ids), ref_k.shape[0], width, ref_k.shape[-1]))
         values = ref_v.new_zeros((len(batch_ids), ref_v.shape[0], width, ref_v.shape[-1]))
         for i, layers in parts.items():

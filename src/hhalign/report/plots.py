@@ -12,7 +12,7 @@ all and returns them by name; ``save_figure`` writes one atomically in each requ
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -137,26 +137,23 @@ def _sets_present(data: dict[str, Any]) -> list[str]:
     return [s for s in PROMPT_SETS if s in present] + sorted(present - set(PROMPT_SETS))
 
 
-def _rating_panels(data: dict[str, Any], height: float) -> tuple[Figure, list[tuple]] | None:
-    """A figure with one panel per prompt set that has ratings, and per panel (ax, set, ratings, colors, variants)."""
+def _rating_figure(data: dict[str, Any], height: float, title: str, draw: Callable[..., None]) -> Figure | None:
+    """One panel per prompt set that has ratings; ``draw(ax, prompt_set, ratings, colors, variants)`` fills each."""
     sets = [s for s in _sets_present(data) if _ratings(data, s)]
     if not sets:
         return None
     fig, axes = _figure(4.2 * len(sets) + 0.6, height, len(sets))
-    panels = []
     for ax, s in zip(axes, sets):
         ratings = _ratings(data, s)
-        panels.append((ax, s, ratings, variant_colors(ratings), list(ratings)))
-    return fig, panels
+        draw(ax, s, ratings, variant_colors(ratings), list(ratings))
+    fig.suptitle(title)
+    return fig
 
 
 def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
     """Rating distributions per variant, one panel per prompt set, threshold dashed."""
-    panels = _rating_panels(data, height=4.2)
-    if panels is None:
-        return None
-    fig, panels = panels
-    for ax, s, ratings, colors, names in panels:
+
+    def draw(ax: Any, s: str, ratings: dict[str, list[float]], colors: dict[str, str], names: list[str]) -> None:
         bp = ax.boxplot([ratings[v] for v in names], patch_artist=True, widths=0.6,
                         medianprops={"color": "black"}, flierprops={"markersize": 3})
         for patch, v in zip(bp["boxes"], names):
@@ -168,17 +165,14 @@ def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
         ax.set_title(f"{s} prompts (n = {n}); dashed: threshold {_g((metrics.get('thresholds') or {}).get(s))}")
         ax.set_ylabel("reward-model rating")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Rating distributions per variant")
-    return fig
+
+    return _rating_figure(data, 4.2, "Rating distributions per variant", draw)
 
 
 def fig_means(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
     """Mean rating per variant, one panel per prompt set, threshold dashed."""
-    panels = _rating_panels(data, height=4.0)
-    if panels is None:
-        return None
-    fig, panels = panels
-    for ax, s, ratings, colors, names in panels:
+
+    def draw(ax: Any, s: str, ratings: dict[str, list[float]], colors: dict[str, str], names: list[str]) -> None:
         means = [sum(r) / len(r) for r in ratings.values()]
         bars = ax.bar(range(len(names)), means, color=[colors[v] for v in names], width=0.6)
         ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=8)
@@ -189,8 +183,8 @@ def fig_means(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
         ax.set_ylabel("mean reward-model rating")
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.15)
-    fig.suptitle("Mean rating per variant")
-    return fig
+
+    return _rating_figure(data, 4.0, "Mean rating per variant", draw)
 
 
 def _threshold_line(ax: Any, metrics: dict[str, Any], prompt_set: str, horizontal: bool) -> None:
