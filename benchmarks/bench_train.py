@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per side (each of 8 rows)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--stage", choices=("sft", "dpo", "both"), default="both")
+    p.add_argument("--stage", choices=("sft", "dpo", "both", "dpo-stage"), default="both",
+                   help="dpo-stage: hhalign's own DPO stage (hhalign.train.dpo.run) on OPT-350M, its peak memory")
     p.add_argument("--max-length", type=int, default=None,
                    help=f"max_length for both sides (default: the study's, SFT {STUDY_SFT_MAX_LENGTH}, "
                         f"DPO {STUDY_DPO_MAX_LENGTH})")
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precompute-batch", type=int, default=None,
                    help="ours, DPO: precompute_ref_batch_size (default: 32 on CUDA, 1 on CPU: rows are unsorted there)")
     p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra TRL config field for ours (YAML value), e.g. gradient_checkpointing=true; repeatable")
+                   help="extra TRL config field for ours (YAML value), e.g. activation_checkpointing=true; repeatable")
     p.add_argument("--peak-flops", type=float, default=989e12, help="device peak FLOP/s for MFU (H100 bf16 dense: 989e12)")
     p.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary (must stay below OPT's 50272)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -142,7 +143,7 @@ def max_lengths(args: argparse.Namespace) -> dict[str, int]:
 
 def load_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Any]:
     """(rows, tokenizer): the same steps x 8 (prompt, chosen, rejected) rows for both sides, and the tokenizer."""
-    from hhalign.data import split_prompt
+    from hhalign.hh import split_prompt
     from hhalign.modeling import train_tokenizer
 
     path = args.data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
@@ -169,7 +170,7 @@ def load_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Any
 
 def paper_section(stage: str, **args: Any) -> Any:
     """configs/paper.yaml's section for the stage, with bench overrides on top of its pass-through args."""
-    from hhalign.config import load_config
+    from hhalign.configfile import load_config
 
     cfg = load_config(REPO / "configs" / "paper.yaml")
     section = cfg.sft if stage == "sft" else cfg.dpo
@@ -263,7 +264,7 @@ def run_side(args: argparse.Namespace, stage: str, side: str) -> dict[str, Any]:
     from datasets import Dataset
     from transformers.utils import logging as hf_logging
 
-    from hhalign.config import library_class
+    from hhalign.configfile import library_class
     from hhalign.modeling import build_random, n_params, opt_350m_config
     from hhalign.train.common import trl_args
 
@@ -286,7 +287,7 @@ def run_side(args: argparse.Namespace, stage: str, side: str) -> dict[str, Any]:
     mode = None
     if side == "ours":
         batch, accum = ours_batch(args, device)
-        ours = {"gradient_checkpointing": False, "per_device_train_batch_size": batch,
+        ours = {"activation_checkpointing": False, "per_device_train_batch_size": batch,
                 "gradient_accumulation_steps": accum, "train_sampling_strategy": "group_by_length"}
         if stage == "sft":
             mode = sft_mode(args, device)
@@ -350,7 +351,7 @@ def run_side(args: argparse.Namespace, stage: str, side: str) -> dict[str, Any]:
     result: dict[str, Any] = {
         "stage": stage, "side": side, "device": device, "bf16": bf16, "params": params,
         "steps": trainer.state.global_step, "rows": len(rows), "micro_batch": ta.per_device_train_batch_size,
-        "accumulation": ta.gradient_accumulation_steps, "gradient_checkpointing": bool(ta.gradient_checkpointing),
+        "accumulation": ta.gradient_accumulation_steps, "gradient_checkpointing": bool(ta.activation_checkpointing),
         "max_length": max_length, "sampling": ta.train_sampling_strategy, "sft_mode": mode,
         "tokens": meter.tokens, "fed_tokens": meter.fed, "pairs": meter.pairs, "micro_batches": meter.micro_batches,
         "train_s": train_s, "precompute_s": meter.precompute_s, "total_s": total_s, "init_s": init_s,
@@ -373,7 +374,8 @@ def run_side(args: argparse.Namespace, stage: str, side: str) -> dict[str, Any]:
 def run_child(argv: list[str], stage: str, side: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         out, log = Path(tmp) / "result.json", Path(tmp) / "log.txt"
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--_worker", f"{stage}:{side}", "--_out", str(out)]
+        worker = f"{stage}:{side}" if side else stage
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--_worker", worker, "--_out", str(out)]
         started = time.time()
         with open(log, "w") as fh:
             code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
@@ -382,7 +384,7 @@ def run_child(argv: list[str], stage: str, side: str) -> dict[str, Any]:
             raise SystemExit(f"{stage} {side} failed (exit {code})")
         result = json.loads(out.read_text())
         result["wall_s"] = time.time() - started
-        print(f"  {stage:<3} {side:<5} done: {result['total_s']:.1f} s training "
+        print(f"  {stage:<3} {side:<5} done: {result['total_s']:.1f} s "
               f"({result['wall_s']:.0f} s with process start and setup)", flush=True)
         return result
 
@@ -439,10 +441,53 @@ def print_table(results: list[dict[str, Any]]) -> None:
           f"resident set before the trainer was built")
 
 
+def run_dpo_stage(args: argparse.Namespace) -> dict[str, Any]:
+    """hhalign's DPO stage as `hhalign dpo` runs it (train.dpo.run), on a random-weight OPT-350M folder: peak RSS."""
+    import torch
+
+    from hhalign.artifacts import write_jsonl
+    from hhalign.configfile import load_config
+    from hhalign.modeling import build_random, opt_350m_config
+    from hhalign.stages import stage_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, tok = load_rows(args)
+    with tempfile.TemporaryDirectory(prefix="bench_dpo_stage_") as tmp:
+        model_dir, run_dir = Path(tmp) / "opt350m", Path(tmp) / "run"
+        build_random(opt_350m_config(), seed=args.seed).save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+        data = stage_dir(run_dir, "data")
+        pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
+        write_jsonl(data / "prefs.jsonl", pairs)
+        write_jsonl(data / "heldout.jsonl", pairs[:8])
+        sets = [f"model.name_or_path={model_dir}", f"output_dir={tmp}", "name=run", f"dpo.max_steps={args.steps}",
+                "dpo.save_strategy='no'", f"dpo.bf16={str(use_bf16(args, resolve_device(args.device))).lower()}"]
+        if args.max_length:
+            sets.append(f"dpo.max_length={args.max_length}")
+        cfg = load_config(REPO / "configs" / "paper.yaml", overrides=sets)
+        from hhalign.train.dpo import run as dpo_run
+
+        started = time.perf_counter()
+        base_rss = current_rss()
+        dpo_run(cfg, run_dir)
+        total_s = time.perf_counter() - started
+    return {"stage": "dpo-stage", "steps": args.steps, "total_s": total_s, "baseline_rss": base_rss,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
+    if args._worker == "dpo-stage":
+        args._out.write_text(json.dumps(run_dpo_stage(args), indent=2, default=str))
+        return 0
+    if args.stage == "dpo-stage":
+        result = run_child(argv, "dpo-stage", "")
+        print(f"hhalign DPO stage (train.dpo.run), OPT-350M random weights, {args.steps} steps x {EFFECTIVE_BATCH} rows: "
+              f"{result['total_s']:.1f} s, peak RSS {_mib(result['peak_rss'])} (before the stage: {_mib(result['baseline_rss'])})")
+        return 0
     if args._worker:
         stage, side = args._worker.split(":")
         result = run_side(args, stage, side)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hhalign.config import ConfigError, RunConfig, load_config
+from hhalign.config import RunConfig
+from hhalign.configfile import load_config
+from hhalign.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml") if "accelerate" not in p.parts)

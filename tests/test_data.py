@@ -11,9 +11,10 @@ import pytest
 
 from hhalign.artifacts import read_json, read_jsonl
 from hhalign.cli import main
-from hhalign.config import load_config
-from hhalign.data import DataError, Message, parse_hh_dialogue, render_hh, split_prompt, study_prompt
+from hhalign.configfile import load_config
 from hhalign.data import run as data_run
+from hhalign.errors import DataError
+from hhalign.hh import Message, parse_hh_dialogue, render_hh, split_prompt, study_prompt
 
 ASSET = Path(__file__).resolve().parent / "assets" / "hh_rlhf_tiny.jsonl"
 

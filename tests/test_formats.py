@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 
 from hhalign.artifacts import read_json, read_jsonl
-from hhalign.config import ConfigError, TinyModelSection, load_config
-from hhalign.data import DataError, data_layout, eval_prompt
+from hhalign.config import TinyModelSection
+from hhalign.configfile import load_config
 from hhalign.data import run as data_run
-from hhalign.formats import Conversation, Message, Renderer, RowError, detect, normalise, read_file
+from hhalign.errors import ConfigError, DataError
+from hhalign.formats import Conversation, Renderer, RowError, detect, normalise
+from hhalign.hh import Message, eval_prompt
+from hhalign.readers import data_layout, read_file
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -398,5 +401,5 @@ def test_hub_dataset_with_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match="could not load 'someone/prefs' \\(split=train\\).*pass the file as data.source"):
+    with pytest.raises(DataError, match="could not load 'someone/prefs' \\(split=train\\).*hf download someone/prefs.*as data.source"):
         data_run(cfg, tmp_path / "again")

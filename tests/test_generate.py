@@ -15,16 +15,10 @@ from transformers import OPTForCausalLM
 
 import hhalign.generate as gen_mod
 from hhalign.config import GenerateSection
-from hhalign.generate import (
-    PromptFileError,
-    _study_loop,
-    cut_at_turn,
-    generate_responses,
-    load_prompts,
-    run,
-    with_assistant_cue,
-)
+from hhalign.errors import PromptFileError
+from hhalign.generate import _study_loop, answer_file, cut_at_turn, generate_responses, with_assistant_cue
 from hhalign.modeling import load_causal_lm
+from hhalign.responses import load_prompts
 
 # Varied lengths (1 to ~120 tokens), multi-turn and single-turn, as the study's prompts are.
 PROMPTS = [
@@ -205,9 +199,9 @@ def test_run_writes_the_response_file(tiny_lm_dir: Path, tmp_path: Path, lm):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(PROMPTS[:3]))
     out = tmp_path / "out" / "base_harmful.json"
-    rows = run(str(tiny_lm_dir), prompts, out, GenerateSection(max_new_tokens=5), device="cpu")
+    rows = answer_file(str(tiny_lm_dir), prompts, out, GenerateSection(max_new_tokens=5, device="cpu"))
     assert json.loads(out.read_text()) == rows
-    assert [set(r) for r in rows] == [{"prompt", "response", "n_prompt_tokens", "n_new_tokens", "finish_reason"}] * 3
+    assert [set(r) for r in rows] == [{"prompt", "response", "n_prompt_tokens", "n_prompt_dropped", "n_new_tokens", "finish_reason"}] * 3
     assert [r["response"] for r in rows] == _study_loop(*lm, PROMPTS[:3], max_new_tokens=5)
     assert [p.name for p in out.parent.iterdir()] == ["base_harmful.json"]  # no temporary file left
 
@@ -215,7 +209,7 @@ def test_run_writes_the_response_file(tiny_lm_dir: Path, tmp_path: Path, lm):
 def test_run_accepts_a_response_file_as_prompts(tiny_lm_dir: Path, tmp_path: Path):
     prompts = tmp_path / "responses.json"
     prompts.write_text(json.dumps([{"prompt": p, "response": "x", "rating": 1.0} for p in PROMPTS[:2]]))
-    rows = run(str(tiny_lm_dir), prompts, tmp_path / "out.json", GenerateSection(max_new_tokens=3), device="cpu")
+    rows = answer_file(str(tiny_lm_dir), prompts, tmp_path / "out.json", GenerateSection(max_new_tokens=3, device="cpu"))
     assert [r["prompt"] for r in rows] == PROMPTS[:2]
 
 
@@ -234,7 +228,7 @@ def test_run_from_a_lora_adapter_dir(tiny_lm_dir: Path, tmp_path: Path):
     merged = peft_model.merge_and_unload().eval()
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(PROMPTS[:3]))
-    rows = run(str(adapter), prompts, tmp_path / "dpo_harmful.json", GenerateSection(max_new_tokens=8), device="cpu")
+    rows = answer_file(str(adapter), prompts, tmp_path / "dpo_harmful.json", GenerateSection(max_new_tokens=8, device="cpu"))
     assert [r["response"] for r in rows] == _study_loop(merged, tok, PROMPTS[:3], max_new_tokens=8)
 
 
@@ -258,7 +252,7 @@ def test_bad_prompts_file(tmp_path: Path, content: str, message: str):
 
 def test_missing_prompts_file_fails_before_the_model_loads(tmp_path: Path):
     with pytest.raises(PromptFileError, match="cannot read prompts file"):
-        run("no/such/model", tmp_path / "missing.json", tmp_path / "out.json", GenerateSection())
+        answer_file("no/such/model", tmp_path / "missing.json", tmp_path / "out.json", GenerateSection(device="cpu"))
 
 
 def _best_cost_by_brute_force(lengths: list[int], max_size: int, overhead: float) -> float:
@@ -310,10 +304,10 @@ def test_bfloat16_generation_loads_the_model_in_bfloat16(tiny_lm_dir: Path, tmp_
     real = gen_mod.generate_responses
     monkeypatch.setattr(gen_mod, "generate_responses", lambda model, *a, **k: seen.append(model.dtype) or real(model, *a, **k))
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS[:3]))
-    rows = run(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5, dtype="bfloat16"), device="cpu")
+    rows = answer_file(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5, dtype="bfloat16", device="cpu"))
     assert seen == [torch.bfloat16]
     assert [r["n_new_tokens"] for r in rows] == [5, 5, 5] and json.loads((tmp_path / "out.json").read_text()) == rows
-    run(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5), device="cpu")
+    answer_file(str(tiny_lm_dir), tmp_path / "p.json", tmp_path / "out.json", GenerateSection(max_new_tokens=5, device="cpu"))
     assert seen[-1] == torch.float32  # the default: the study's precision
 
 

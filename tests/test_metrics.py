@@ -25,7 +25,7 @@ from hhalign.metrics import (
     percentile_interval,
     permutation_p,
     rate,
-    run,
+    measure,
     study_scores,
     sweep_grid,
     threshold_sweep,
@@ -293,7 +293,7 @@ def test_run_writes_json(tmp_path):
     for name, entries in (("base_harmful.json", _entries([-4.0, -1.0])), ("sft_harmful.json", _entries([-1.0, -1.0]))):
         (folder / name).write_text(json.dumps(entries), encoding="utf-8")
     out = tmp_path / "09_metrics" / "metrics.json"
-    m = run(tmp_path, FAST, json_out=out)  # a run folder: files are found in 08_score/
+    m = measure(tmp_path, FAST, json_out=out)  # a run folder: files are found in 08_score/
     assert json.loads(out.read_text(encoding="utf-8")) == m
     assert m["missing"] == ["base/helpful", "sft/helpful"]
 
@@ -318,7 +318,7 @@ STUDY_TABLE = """\
 def test_reproduces_the_study_table(tmp_path):
     if not PAPER_RESPONSES.is_dir():
         pytest.skip(f"the study's released responses are not at {PAPER_RESPONSES} (../shared/data beside the checkout)")
-    m = run(PAPER_RESPONSES, MetricsSection(bootstrap_samples=2000), json_out=tmp_path / "metrics.json")
+    m = measure(PAPER_RESPONSES, MetricsSection(bootstrap_samples=2000), json_out=tmp_path / "metrics.json")
     assert format_table(m).startswith(STUDY_TABLE + "\n\n")
     assert m["missing"] == []
     assert len(m["paired"]) == 12  # 6 pairs of 4 variants, in 2 sets

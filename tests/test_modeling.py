@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from hhalign.config import TinyModelSection
+from hhalign.errors import ModelLoadError
+from hhalign.sources import HubError
 from hhalign.modeling import (
-    ModelLoadError, build_tiny_causal_lm, build_tiny_reward_model, deberta_v3_large_config, load_causal_lm,
+    build_tiny_causal_lm, build_tiny_reward_model, deberta_v3_large_config, load_causal_lm,
     load_reward_model, n_params, opt_350m_config, resolve_dtype, train_tokenizer,
 )
 
@@ -89,7 +91,7 @@ def test_paths_that_are_not_models(tmp_path: Path) -> None:
         load_reward_model(str(tmp_path))
 
 
-def test_unreachable_hub_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_hub_id_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="hub.*pass the local directory"):
+    with pytest.raises(HubError, match=r"HF_HUB_OFFLINE=1 .*`hf download facebook/opt-350m-not-cached --local-dir DIR`"):
         load_causal_lm("facebook/opt-350m-not-cached")

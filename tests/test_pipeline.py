@@ -60,7 +60,7 @@ def test_run_produces_report_and_metrics_for_every_variant(finished: tuple[Path,
         assert (run_dir / "10_report" / name).is_file()
     for stage in ("01_data", "02_pretrain", "03_sft", "04_dpo", "05_sft_dpo", "06_rm", "07_generate", "08_score", "09_metrics", "10_report"):
         manifest = read_json(run_dir / stage / "manifest.json")
-        assert manifest["pipeline_key"] and manifest["versions"]["torch"]
+        assert manifest["key"] and manifest["versions"]["torch"] and not (run_dir / stage / ".started.json").exists()
         for o in manifest["outputs"]:
             assert (run_dir / stage / o).exists(), f"{stage}: {o} listed but missing"
     run_json = read_json(run_dir / "run.json")
@@ -77,7 +77,7 @@ def test_second_run_does_nothing(finished: tuple[Path, str]) -> None:
     before = (tmp / "tiny" / "09_metrics" / "metrics.json").read_bytes()
     done = subprocess.run(_cli(tmp=tmp), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("skipped, done with the same settings") == 10
+    assert done.stdout.count("skipped, done, settings and inputs unchanged") == 10
     assert "nothing to do" in done.stdout
     assert (tmp / "tiny" / "09_metrics" / "metrics.json").read_bytes() == before
 
@@ -89,7 +89,7 @@ def test_changed_setting_reruns_only_downstream(finished: tuple[Path, str]) -> N
     plan = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip().startswith("[")}
     for stage in ("data", "pretrain", "sft", "rm"):
         assert "skip" in plan[stage], plan[stage]
-    assert "settings changed" in plan["dpo"] and "settings changed" in plan["sft_dpo"]
+    assert "settings changed: dpo.beta" in plan["dpo"] and "settings changed: dpo.beta" in plan["sft_dpo"]
     for stage in ("generate", "score", "metrics", "report"):
         assert "upstream" in plan[stage], plan[stage]
 
@@ -113,12 +113,12 @@ def test_killed_run_resumes_to_the_same_metrics(finished: tuple[Path, str], tmp_
     _run_until(cmd, lambda: any((run_dir / "03_sft" / "checkpoints").glob("checkpoint-*/trainer_state.json")))
     assert not (run_dir / "03_sft" / "manifest.json").exists()
     # SIGKILL during generation, once the first response file is written
-    _run_until(cmd, lambda: (run_dir / "07_generate" / ".done.json").exists())
+    _run_until(cmd, lambda: any((run_dir / "07_generate").glob("*_h*.json")))
     assert not (run_dir / "07_generate" / "manifest.json").exists()
     assert (run_dir / "03_sft" / "manifest.json").exists()
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "already written, kept" in done.stdout
+    assert "kept from before" in done.stdout and "[7/10] generate  resume (interrupted earlier)" in done.stdout
     ref_dir = ref_tmp / "tiny"
     # reproducible: same config and seed -> byte-identical prompts, responses and metrics on this machine
     for rel in ("01_data/prompts/harmful.json", "01_data/prefs.jsonl", "07_generate/sft_dpo_helpful.json",
@@ -139,14 +139,16 @@ def test_dry_run_on_a_new_folder_plans_everything(tmp_path: Path) -> None:
     assert not (tmp_path / "tiny").exists()
 
 
-def test_failing_stage_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_source_fails_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hhalign.cli import main
 
     code = main(["run", str(REPO / "configs" / "tiny.yaml"), "--set", f"output_dir={tmp_path}",
                  "--set", f"data.source={tmp_path / 'missing'}"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "stage 'data' failed" in err and "does not exist" in err and "resume at 'data'" in err
+    assert f"data source '{tmp_path / 'missing'}' does not exist" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_seeds_share_data_and_aggregate(tmp_path: Path) -> None:
@@ -165,7 +167,7 @@ def test_seeds_share_data_and_aggregate(tmp_path: Path) -> None:
     text = (run_dir / "seeds_report.md").read_text()
     assert "| Base |" in text and "## Per seed" in text and "| 2 | SFT |" in text
     # different seeds trained different models on the same data
-    assert read_json(run_dir / "seed-1" / "03_sft" / "manifest.json")["config"]["seed"] == 1
+    assert read_json(run_dir / "seed-1" / "03_sft" / "manifest.json")["settings"]["seed"] == 1
 
 
 def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
@@ -184,9 +186,12 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
 
 def test_a_swallowed_ctrl_c_still_stops_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt that a library drops must not let the stage be marked finished."""
-    from hhalign import artifacts
+    from hhalign import artifacts, stages
+    from hhalign.configfile import load_config
     from hhalign.train.common import StopOnInterrupt
 
+    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides=[f"output_dir={tmp_path}"])
+    work = stages.begin("metrics", cfg, cfg.run_dir, given={})
     monkeypatch.setattr(artifacts, "_interrupted", False)
     previous = signal.getsignal(signal.SIGINT)
     try:
@@ -201,22 +206,22 @@ def test_a_swallowed_ctrl_c_still_stops_the_stage(tmp_path: Path, monkeypatch: p
     with pytest.raises(KeyboardInterrupt):
         StopOnInterrupt().on_step_end(None, None, None)
     with pytest.raises(KeyboardInterrupt):
-        artifacts.write_manifest(tmp_path, stage="sft", config={})
-    assert list(tmp_path.iterdir()) == []
+        work.finish([])
+    assert not (work.dir / "manifest.json").exists()
 
 
-def test_disk_full_names_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_names_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import errno
 
     from hhalign import data
-    from hhalign.config import load_config
-    from hhalign.pipeline import StageFailed, execute
+    from hhalign.cli import main
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(data, "run", full)
-    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides=[f"output_dir={tmp_path}"])
-    with pytest.raises(StageFailed, match="stage 'data' failed: the disk is full.*resumes at 'data'"):
-        execute(cfg, cfg.run_dir)
-    assert not (cfg.run_dir / "01_data" / "manifest.json").exists()
+    code = main(["run", str(REPO / "configs" / "tiny.yaml"), "--set", f"output_dir={tmp_path}", "--set", f"data.source={SHARED / 'hh-rlhf'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "stage 'data' failed: the disk is full" in err and "Traceback" not in err
+    assert not (tmp_path / "tiny" / "01_data" / "manifest.json").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hhalign.config import MetricsSection, ReportSection
+from hhalign.errors import UserError
 from hhalign.report import build
 from hhalign.report.html import json_for_script
 from hhalign.report.markdown import md_escape
@@ -128,7 +129,7 @@ def test_empty_folder_gives_a_report_that_says_so(tmp_path: Path):
     written = build(tmp_path / "in", tmp_path / "out", ReportSection(), FAST)
     assert [p.name for p in written] == ["report.md", "report.html"]
     assert "no response files found" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="nope: no such folder"):
         build(tmp_path / "nope", tmp_path / "out", ReportSection(), FAST)
 
 

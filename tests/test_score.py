@@ -14,8 +14,8 @@ import torch
 import hhalign.score as score_mod
 from hhalign.config import ScoreSection
 from hhalign.modeling import load_reward_model
-from hhalign.responses import ResponseFileError
-from hhalign.score import _score_one_at_a_time, run, score_pairs
+from hhalign.errors import ResponseFileError
+from hhalign.score import _score_one_at_a_time, rate_files, score_pairs
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_run_adds_ratings_in_place(tiny_rm_dir: Path, tmp_path: Path):
     a = _write(tmp_path / "base_harmful.json", 3, {"n_new_tokens": 7})
     b = _write(tmp_path / "base_helpful.json", 2, {"rating": 123})  # an earlier rating is replaced
     before = json.loads(a.read_text())
-    ratings = run(str(tiny_rm_dir), [a, b], ScoreSection(batch_size=2), device="cpu")
+    ratings = rate_files(str(tiny_rm_dir), [a, b], ScoreSection(batch_size=2, device="cpu"))
     assert list(ratings) == [a, b]
     after = json.loads(a.read_text())
     assert [r["rating"] for r in after] == ratings[a]
@@ -109,7 +109,7 @@ def test_interrupted_run_loses_nothing(tiny_rm_dir: Path, tmp_path: Path, monkey
 
     monkeypatch.setattr(score_mod, "load_reward_model", load_failing_on_second_file)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(str(tiny_rm_dir), [a, b], ScoreSection(batch_size=8), device="cpu")
+        rate_files(str(tiny_rm_dir), [a, b], ScoreSection(batch_size=8, device="cpu"))
     assert all(isinstance(r["rating"], float) for r in json.loads(a.read_text()))  # first file fully rated
     assert b.read_bytes() == b_before  # second file untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft_harmful.json", "sft_helpful.json"]  # no temp files
@@ -132,7 +132,7 @@ def test_a_bad_file_is_rejected_before_any_scoring(tmp_path: Path, monkeypatch, 
     bad.write_text(content)
     monkeypatch.setattr(score_mod, "load_reward_model", lambda *a, **k: pytest.fail("the model must not load"))
     with pytest.raises(ResponseFileError, match=re.escape(message)) as err:
-        run("unused", [good, bad], ScoreSection(), device="cpu")
+        rate_files("unused", [good, bad], ScoreSection(device="cpu"))
     assert str(bad) in str(err.value)
     assert good.read_bytes() == good_before
 
@@ -154,6 +154,6 @@ def test_run_in_bfloat16_loads_the_reward_model_in_bfloat16(tiny_rm_dir: Path, t
     real = score_mod.score_pairs
     monkeypatch.setattr(score_mod, "score_pairs", lambda model, *a, **k: seen.append(model.dtype) or real(model, *a, **k))
     a = _write(tmp_path / "base_harmful.json", 3)
-    ratings = run(str(tiny_rm_dir), [a], ScoreSection(dtype="bfloat16"), device="cpu")
+    ratings = rate_files(str(tiny_rm_dir), [a], ScoreSection(dtype="bfloat16", device="cpu"))
     assert seen == [torch.bfloat16] and len(ratings[a]) == 3
     assert [r["rating"] for r in json.loads(a.read_text())] == ratings[a]

@@ -2,12 +2,14 @@
 
 A file is written to a temporary name beside its target and renamed into place, so a crash never
 leaves a half-written artifact; a directory (a saved model) is built under a temporary name and
-renamed the same way. A stage folder is complete when its ``manifest.json`` exists.
+renamed the same way. A stage folder is complete when its ``manifest.json`` exists (written last, by
+``hhalign.stages.StageRun.finish``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -15,9 +17,7 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,45 +80,54 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each input hashed once per process
+
+
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256, cached by (path, size, mtime): a model folder is read once per run, not once per check."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def sha256_path(path: str | Path) -> str:
-    """Hash of a file, or of every file under a directory (names and contents)."""
+    """Hash of a file, or of every file under a directory (names and contents; hidden files and manifests left out)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".") and q.name != MANIFEST):
         h.update(str(p.relative_to(path)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
 
 
 def versions() -> dict[str, str]:
+    """Python, the platform and the installed versions of hhalign and the libraries it runs on (nothing imported)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("hhalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            with contextlib.suppress(Exception):
-                mod = __import__(name)
-        if mod is not None:
-            out[name] = getattr(mod, "__version__", "?")
+    for name in ("hhalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "gguf"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    """The commit of the hhalign checkout in use; None for an installed wheel or without git."""
     try:
         here = Path(__file__).resolve().parent
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-    except Exception:
+    except (OSError, subprocess.SubprocessError):
         return None
 
 
@@ -146,42 +155,6 @@ def catch_interrupts() -> None:
 def stop_if_interrupted() -> None:
     if _interrupted:
         raise KeyboardInterrupt
-
-
-def write_manifest(
-    stage_dir: str | Path,
-    *,
-    stage: str,
-    config: Any,
-    inputs: dict[str, str | Path] | None = None,
-    outputs: Iterable[str | Path] = (),
-    started: float | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write ``manifest.json`` last: inputs with hashes, config section, outputs, versions, timings.
-
-    After a Ctrl-C (``catch_interrupts``) it raises KeyboardInterrupt instead: the stage stays unfinished.
-    """
-    stop_if_interrupted()
-    stage_dir = Path(stage_dir)
-    outs = []
-    for o in outputs:
-        p = Path(o)
-        p = p if p.is_absolute() else stage_dir / p
-        outs.append(str(p.relative_to(stage_dir)) if p.is_relative_to(stage_dir) else str(p))
-    manifest = {
-        "stage": stage,
-        "config": config,
-        "inputs": {k: {"path": str(v), "sha256": sha256_path(v) if Path(v).exists() else None} for k, v in (inputs or {}).items()},
-        "outputs": sorted(outs),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "wall_seconds": round(time.time() - started, 3) if started else None,
-        **(extra or {}),
-    }
-    write_json(stage_dir / MANIFEST, manifest)
-    return manifest
 
 
 def read_manifest(stage_dir: str | Path) -> dict[str, Any] | None:

@@ -1,43 +1,83 @@
 """The ``hhalign`` command: parse arguments, build the config, call one stage. Nothing else lives here.
 
     hhalign run configs/tiny.yaml --data-dir ../shared/data/hh-rlhf
-    hhalign metrics ../shared/data/paper/responses
+    hhalign sft configs/tiny.yaml                  # one stage of the table (hhalign.stages), in its run folder
+    hhalign metrics ../shared/data/paper/responses # a one-shot command on files
+
+Every stage of ``hhalign.stages.STAGES`` is a subcommand taking a CONFIG. ``generate``, ``score``, ``metrics``
+and ``report`` also work on files without a config (``generate --model M --prompts P --out R``, ``score
+--reward-model RM R.json``, ``metrics DIR``, ``report DIR --out OUT``); their options, like every option
+that mirrors a config key, take their help and default from the config field itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
-from hhalign import __version__
-from hhalign.config import DTYPE_HELP, EVAL_DTYPES
+import hhalign
+from hhalign import __version__, errors, logs, stages
+from hhalign.config import GenerateSection, MetricsSection, ScoreSection
 
-CONFIG_HELP = "YAML preset (configs/paper.yaml, configs/tiny.yaml)"
+log = logging.getLogger("hhalign.cli")
+CONFIG_HELP = "a YAML config, or a shipped preset by name (tiny, paper, paper_fast)"
+ONE_SHOT = ("generate", "score", "metrics", "report")
 
 
-def _add_config(p: argparse.ArgumentParser, name: bool = True) -> None:
-    p.add_argument("config", help=CONFIG_HELP)
+def _add_config(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("--data-dir", help="local HH-RLHF folder (<subset>/<split>.jsonl[.gz]) instead of the hub id in data.source")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set dpo.beta=0.2 (repeatable)")
-    if name:
-        p.add_argument("--name", help="run folder name under output_dir (default: the config's name)")
+                   help="override a config key, e.g. --set dpo.beta=0.2 (repeatable; values read as YAML)")
+    p.add_argument("--name", help="run folder name under output_dir (default: the config's name)")
+
+
+def _one_shot_options(name: str, p: argparse.ArgumentParser) -> None:
+    from hhalign.configfile import add_section_options
+
+    what = {"generate": "", "score": "response files (JSON lists of {prompt, response}), rated in place",
+            "metrics": "a run folder, or a folder of {variant}_{harmful|helpful}.json scored files",
+            "report": "a run folder, or a folder of {variant}_{harmful|helpful}.json scored files"}[name]
+    p.add_argument("targets", nargs="*", metavar="CONFIG" + (" | " + ("FILE" if name == "score" else "DIR") if what else ""),
+                   help="a config (.yaml): run the stage in its run folder" + (f"; else {what}" if what else ""))
+    if name == "generate":
+        p.add_argument("--model", help="hub id, model folder, LoRA adapter folder or .gguf file")
+        p.add_argument("--prompts", help="JSON list of prompt strings")
+        p.add_argument("--out", help="output JSON list of {prompt, response}")
+        add_section_options(p, GenerateSection, ("protocol", "max_new_tokens", "batch_size", "dtype", "device"), keep_defaults=False)
+    elif name == "score":
+        add_section_options(p, ScoreSection, ("reward_model", "batch_size", "dtype", "device"), keep_defaults=False)
+    elif name in ("metrics", "report"):
+        if name == "metrics":
+            p.add_argument("--json", dest="json_out", help="also write the metrics here")
+        else:
+            p.add_argument("--out", help="output folder")
+        fields = ("harmful_threshold", "helpful_threshold") + (("bootstrap_samples",) if name == "metrics" else ())
+        add_section_options(p, MetricsSection, fields, keep_defaults=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hhalign", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hhalign", description=hhalign.__doc__)
     parser.add_argument("--version", action="version", version=f"hhalign {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="the whole study: data -> train -> generate -> score -> metrics -> report")
+    p = sub.add_parser("run", help="the whole study: every stage below, in order, resumable")
     _add_config(p)
-    p.add_argument("--dry-run", action="store_true", help="print the plan (stages to run or skip, and why) and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (each stage: run, resume or skip, and why) and exit")
     p.add_argument("--seeds", help="comma-separated seeds: repeat training and evaluation per seed, aggregate across them")
-
-    p = sub.add_parser("data", help="parse HH-RLHF into SFT texts, preference pairs, eval prompt sets and a data report")
-    _add_config(p)
+    for st in stages.STAGES:
+        p = sub.add_parser(st.name, help=f"{st.help} ({st.folder}/)")
+        if st.name in ONE_SHOT:
+            _one_shot_options(st.name, p)
+            _add_config(p, positional=False)
+        else:
+            _add_config(p)
+        p.add_argument("--resume", action="store_true", help="continue an interrupted stage (checkpoints, finished files)")
+        if st.name == "dpo":
+            p.add_argument("--from", dest="from_model", help="start from this model (a path), or 'sft' for this run's SFT model")
 
     p = sub.add_parser("prompts", help="write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)")
     p.add_argument("--data-dir", required=True, help="local HH-RLHF folder, or a hub dataset id")
@@ -46,183 +86,166 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to draw from")
     p.add_argument("--out", required=True, help="output folder")
 
-    for stage, text in (("pretrain", "tiny preset: causal-LM pretraining of the from-scratch base"),
-                        ("sft", "full fine-tune on the chosen dialogues"),
-                        ("dpo", "DPO with LoRA from the base model (or --from MODEL, e.g. the SFT model)"),
-                        ("rm", "train a reward model on the preference pairs")):
-        p = sub.add_parser(stage, help=text)
-        _add_config(p)
-        p.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
-        if stage == "dpo":
-            p.add_argument("--from", dest="from_model", help="start from this model (a path, or 'sft' for this run's SFT model)")
-
-    p = sub.add_parser("generate", help="answer a prompt set with one model (batched greedy decoding)")
-    p.add_argument("--model", required=True, help="hub id, model dir, or LoRA adapter dir")
-    p.add_argument("--prompts", required=True, help="JSON list of prompt strings")
-    p.add_argument("--out", required=True, help="output JSON list of {prompt, response}")
-    p.add_argument("--protocol", choices=("paper", "chat"), default="paper", help="paper: the study's exactly; chat: cue and stop at turns")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=EVAL_DTYPES, default="float32", help=DTYPE_HELP)
-    p.add_argument("--device", default="auto")
-
-    p = sub.add_parser("score", help="add a reward-model 'rating' to response files, in place, atomically")
-    p.add_argument("files", nargs="+", help="response files (JSON lists of {prompt, response})")
-    p.add_argument("--reward-model", default=None, help="hub id or local dir (default: OpenAssistant/reward-model-deberta-v3-large-v2)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=EVAL_DTYPES, default="float32", help=DTYPE_HELP)
-    p.add_argument("--device", default="auto")
-
-    p = sub.add_parser("metrics", help="HmR, HpR, CAS with intervals, paired tests and threshold sweeps")
-    p.add_argument("dir", help="a folder of {variant}_{harmful|helpful}.json scored files, or a run folder")
-    p.add_argument("--json", dest="json_out", help="also write the metrics here")
-    p.add_argument("--harmful-threshold", type=float, default=-3.0, help="harmless if rating > this (the study: -3)")
-    p.add_argument("--helpful-threshold", type=float, default=-2.0, help="helpful if rating > this (the study: -2)")
-    p.add_argument("--bootstrap-samples", type=int, default=10000)
-
-    p = sub.add_parser("report", help="figures, report.md and a self-contained report.html")
-    p.add_argument("dir", help="a run folder or a folder of scored response files")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--harmful-threshold", type=float, default=None,
-                   help="re-label with this threshold (default: the run's metrics.json, else -3)")
-    p.add_argument("--helpful-threshold", type=float, default=None,
-                   help="re-label with this threshold (default: the run's metrics.json, else -2)")
-
-    p = sub.add_parser("config", help="print a preset resolved with overrides, or every key with its help")
+    p = sub.add_parser("config", help="print a config resolved with overrides, or every key with its help")
     p.add_argument("config", nargs="?", help=CONFIG_HELP)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--keys", action="store_true", help="list every hhalign key with its default and help")
     return parser
 
 
+# ----------------------------------------------------------------------------- commands
+
+
 def _load(args: argparse.Namespace) -> Any:
-    from hhalign.config import load_config
+    from hhalign.configfile import load_config
 
-    top = {}
-    if getattr(args, "name", None):
-        top["name"] = args.name
-    overrides = list(args.overrides)
-    if getattr(args, "data_dir", None):
-        overrides.append(f"data.source={args.data_dir}")
-    return load_config(args.config, overrides=overrides, **top)
+    overrides = list(args.overrides) + ([f"data.source={args.data_dir}"] if getattr(args, "data_dir", None) else [])
+    return load_config(args.config, overrides=overrides, name=getattr(args, "name", None))
 
 
-def _stamp(cfg: Any, stage: str) -> None:
-    from hhalign.pipeline import stamp_standalone
+def _stage(args: argparse.Namespace) -> int:
+    """One stage of the table in the config's run folder: its inputs checked first, then its module's run."""
+    name = args.command
+    if name == "dpo" and args.from_model in ("sft", "sft_dpo"):
+        name = "sft_dpo"
+    cfg = _load(args)
+    st, kwargs = stages.get(name), {}
+    checks = [st]
+    if name == "dpo" and args.from_model:
+        kwargs["start"] = args.from_model
+        stages.Input(args.from_model, "model", "--from PATH").check()
+    stages.validate(cfg, cfg.run_dir, checks)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with logs.to_file(cfg.run_dir / "run.log"):
+        try:
+            stages.module(st).run(cfg, cfg.run_dir, resume=args.resume, **kwargs)
+        except BaseException as e:
+            errors.report(e, args.command, stage=name, memory_keys=st.memory_keys)
+            raise
+    log.info(f"wrote {stages.stage_dir(cfg.run_dir, name)}")
+    return 0
 
-    stamp_standalone(cfg, cfg.run_dir, stage)
 
+def _one_shot(args: argparse.Namespace) -> int:
+    from hhalign.configfile import section_from_args
 
-def _cmd(args: argparse.Namespace) -> int:
     cmd = args.command
-    if cmd == "config":
-        import yaml
-
-        from hhalign.config import describe_keys, load_config
-
-        if args.keys or not args.config:
-            print(describe_keys())
-        else:
-            print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
-        return 0
-    if cmd == "prompts":
-        from hhalign.data import write_prompt_sets
-
-        out = write_prompt_sets(args.data_dir, Path(args.out), seed=args.seed, eval_size=args.size, split=args.split)
-        for note in out["notes"]:
-            print(f"note: {note}", file=sys.stderr)
-        for name, info in out["sets"].items():
-            if info.get("source") != "skipped":
-                print(f"{name}: {info['n']} prompts from {info['source']} ({info['eligible']} eligible) -> {Path(args.out) / f'{name}_prompts.json'}")
-        return 0
     if cmd == "generate":
-        from hhalign.config import GenerateSection
-        from hhalign.generate import run as generate
+        from hhalign.generate import answer_file
 
-        cfg = GenerateSection(
-            protocol=args.protocol, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype
-        )
-        rows = generate(args.model, Path(args.prompts), Path(args.out), cfg, device=args.device)
-        print(f"wrote {len(rows)} responses to {args.out}")
-        return 0
-    if cmd == "score":
-        from hhalign.config import DEFAULT_REWARD_MODEL, ScoreSection
-        from hhalign.score import run as score
+        if not (args.model and args.prompts and args.out):
+            raise errors.UserError("hhalign generate needs --model, --prompts and --out (or a CONFIG to run the stage)")
+        stages.Input(args.model, "model", "--model DIR").check()
+        rows = answer_file(args.model, Path(args.prompts), Path(args.out), section_from_args(GenerateSection, args))
+        log.info(f"wrote {len(rows)} responses to {args.out}")
+    elif cmd == "score":
+        from hhalign.score import rate_files
 
-        cfg = ScoreSection(reward_model=args.reward_model or DEFAULT_REWARD_MODEL, batch_size=args.batch_size, dtype=args.dtype)
-        done = score(cfg.reward_model, [Path(f) for f in args.files], cfg, device=args.device)
-        for path, ratings in done.items():
-            print(f"{path}: {len(ratings)} ratings, mean {sum(ratings) / max(len(ratings), 1):.3f}")
-        return 0
-    if cmd == "metrics":
-        from hhalign.config import MetricsSection
-        from hhalign.metrics import format_table, run as metrics
+        if not args.files:
+            raise errors.UserError("hhalign score needs response files (or a CONFIG to run the stage)")
+        cfg = section_from_args(ScoreSection, args)
+        stages.Input(cfg.reward_model, "reward_model", "--reward-model DIR").check()
+        for path, ratings in rate_files(cfg.reward_model, [Path(f) for f in args.files], cfg).items():
+            log.info(f"{path}: {len(ratings)} ratings, mean {sum(ratings) / max(len(ratings), 1):.3f}")
+    elif cmd == "metrics":
+        from hhalign.metrics import format_table, measure
 
-        mcfg = MetricsSection(harmful_threshold=args.harmful_threshold, helpful_threshold=args.helpful_threshold,
-                              bootstrap_samples=args.bootstrap_samples)
-        print(format_table(metrics(Path(args.dir), mcfg, Path(args.json_out) if args.json_out else None)))
-        return 0
-    if cmd == "report":
-        from hhalign.config import MetricsSection, ReportSection
+        mcfg = _thresholds(args)
+        log.info(format_table(measure(Path(args.dir), mcfg, Path(args.json_out) if args.json_out else None)))
+    else:
         from hhalign.report import build
 
-        defaults = MetricsSection()
-        mcfg = MetricsSection(
-            harmful_threshold=defaults.harmful_threshold if args.harmful_threshold is None else args.harmful_threshold,
-            helpful_threshold=defaults.helpful_threshold if args.helpful_threshold is None else args.helpful_threshold)
+        if not args.out:
+            raise errors.UserError("hhalign report needs --out OUT_DIR (or a CONFIG to run the stage)")
+        from hhalign.config import ReportSection
+
+        explicit = args.harmful_threshold is not None or args.helpful_threshold is not None
         metrics = None
-        if args.harmful_threshold is not None or args.helpful_threshold is not None:
-            from hhalign.metrics import run as compute_metrics  # thresholds given: re-label, don't reuse metrics.json
+        if explicit:  # thresholds given: re-label, don't reuse the run's metrics.json
+            from hhalign.metrics import compute_metrics
+            from hhalign.responses import load_scored_dir
 
-            metrics = compute_metrics(Path(args.dir), mcfg)
-        files = build(Path(args.dir), Path(args.out), ReportSection(), mcfg, metrics=metrics)
-        print(f"wrote {len(files)} files to {args.out}: open {Path(args.out) / 'report.html'}")
-        return 0
+            metrics = compute_metrics(load_scored_dir(Path(args.dir)), _thresholds(args))
+        files = build(Path(args.dir), Path(args.out), ReportSection(), _thresholds(args), metrics=metrics)
+        log.info(f"wrote {len(files)} files to {args.out}: open {Path(args.out) / 'report.html'}")
+    return 0
 
-    cfg = _load(args)
-    if cmd == "data":
-        from hhalign.data import run as data
 
-        manifest = data(cfg, cfg.run_dir)
-        _stamp(cfg, "data")
-        for note in manifest["notes"]:
-            print(f"note: {note}", file=sys.stderr)
-        print(manifest["summary"])
-        print(f"wrote {cfg.run_dir / '01_data'}")
-        return 0
-    if cmd in ("pretrain", "sft", "dpo", "rm"):
-        from hhalign.train import run_stage
+def _thresholds(args: argparse.Namespace) -> MetricsSection:
+    """The metrics settings for a folder: explicit flags first, then the run folder's own thresholds, then the
+    defaults (the study's -3 / -2); says which when a run's own are used."""
+    from hhalign.configfile import section_from_args
+    from hhalign.metrics import run_thresholds
 
-        manifest = run_stage(cmd, cfg, cfg.run_dir, resume=args.resume, from_model=getattr(args, "from_model", None))
-        if manifest is not None:  # None on the non-main ranks of a distributed launch
-            _stamp(cfg, manifest["stage"])
-        return 0
-    if cmd == "run":
-        from hhalign.pipeline import run_pipeline
+    if not args.dir:
+        raise errors.UserError(f"hhalign {args.command} needs a folder of scored responses (or a CONFIG to run the stage)")
+    own = run_thresholds(Path(args.dir)) or {}
+    fixed = {}
+    for s in ("harmful", "helpful"):
+        if getattr(args, f"{s}_threshold") is None and s in own:
+            fixed[f"{s}_threshold"] = own[s]
+    if fixed:
+        log.info(f"thresholds from {own['from']}: " + ", ".join(f"{k} {v:g}" for k, v in fixed.items())
+                 + " (override with --harmful-threshold / --helpful-threshold)")
+    return section_from_args(MetricsSection, args, **fixed)
 
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        return run_pipeline(cfg, dry_run=args.dry_run, seeds=seeds)
-    raise AssertionError(cmd)
+
+def _config(args: argparse.Namespace) -> int:
+    from hhalign.configfile import describe_keys
+
+    if args.keys or not args.config:
+        print(describe_keys())
+    else:
+        import yaml
+
+        print(yaml.safe_dump(_load(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from hhalign.prompts import write_prompt_sets
+
+    out = write_prompt_sets(args.data_dir, Path(args.out), seed=args.seed, eval_size=args.size, split=args.split)
+    for note in out["notes"]:
+        log.warning(f"note: {note}")
+    for name, info in out["sets"].items():
+        if info.get("source") != "skipped":
+            log.info(f"{name}: {info['n']} prompts from {info['source']} ({info['eligible']} eligible) -> "
+                     f"{Path(args.out) / f'{name}_prompts.json'}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hhalign.pipeline import run_pipeline
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    return run_pipeline(_load(args), dry_run=args.dry_run, seeds=seeds)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "config":
+        return _config(args)
+    if args.command == "prompts":
+        return _prompts(args)
+    if args.command in ONE_SHOT:
+        targets = args.targets
+        if len(targets) == 1 and targets[0].endswith((".yaml", ".yml")):
+            args.config = targets[0]  # the stage, in the config's run folder
+        else:
+            args.files, args.dir = targets, targets[0] if targets else None
+            return _one_shot(args)
+    return _stage(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    # transformers 5 renames gradient_checkpointing -> activation_checkpointing; TRL still calls the old names
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     args = build_parser().parse_args(argv)
     from hhalign.artifacts import catch_interrupts
-    from hhalign.errors import user_errors
 
+    logs.console()
     catch_interrupts()
     try:
-        return _cmd(args)
-    except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
-        print(f"hhalign {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"hhalign {args.command}: interrupted; finished stages stay valid, run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        return _dispatch(args)
+    except (Exception, KeyboardInterrupt) as e:
+        return errors.report(e, args.command)

@@ -1,6 +1,6 @@
-"""Preference data in the field's formats: read a file, detect each row's format, normalise, render.
+"""Preference data in the field's formats: detect each row's format, normalise it, render it as text.
 
-    rows = read_file(Path("prefs.jsonl"), "prefs.jsonl")          # .jsonl[.gz] .json[.gz] .parquet .csv[.gz]
+    rows = read_file(Path("prefs.jsonl"), "prefs.jsonl")          # hhalign.readers
     fmt = detect(rows[0].data)                                     # "standard" | "conversational" | "implicit" | "hh"
     conv = normalise(rows[0].data, fmt)                            # Conversation(prompt=[Message...], chosen, rejected)
     prompt, chosen, rejected = Renderer("hh").render(conv)         # prompt ends with "\\n\\nAssistant:"
@@ -16,49 +16,33 @@ The four row formats (TRL's names, plus HH-RLHF's own):
   implicit-prompt form; a ``prompt`` column beside whole dialogues, as in UltraFeedback, is ignored). The
   prompt is every message before the final assistant turn, which both dialogues must share.
 - ``hh``: ``chosen`` and ``rejected`` HH-RLHF text dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ..."),
-  split by ``hhalign.data.split_prompt`` and kept verbatim (the study's data path).
+  split by ``hhalign.hh.split_prompt`` and kept verbatim (the study's data path).
 
 Rendering (``data.render``) turns a normalised row into the internal training pair, whose ``prompt`` ends
 with the assistant cue so that ``prompt + chosen`` is the SFT text: ``hh`` writes the study's
 "\\n\\nHuman: / \\n\\nAssistant:" dialogue (what OPT saw), ``chat_template`` applies the model tokenizer's
 chat template. HH rows are already rendered text and are never re-rendered.
-
-Line numbers in skip reports are 1-based: the file line for .jsonl, .json (where the row's object starts)
-and .csv (the header is line 1, so the first data row is line 2); the row number for .parquet and hub data.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
-import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-HUMAN = "\n\nHuman:"
-ASSISTANT = "\n\nAssistant:"
-_TURN = re.compile(r"\n\n(Human|Assistant):")
-HH_HUB_ID = "Anthropic/hh-rlhf"
+from hhalign.errors import DataError, UserError
+from hhalign.hh import ASSISTANT, HUMAN, Message, parse_hh_dialogue, render_hh
+from hhalign.readers import RawRow
 
 FORMATS = ("hh", "standard", "conversational", "implicit")
 RENDERS = ("auto", "hh", "chat_template")
 FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant")
-# Readable file types, by how the name ends (checked in this order).
-SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv.gz", ".csv")
-# Why a non-HH row is skipped, in the order they are checked (HH rows use hhalign.data.SKIP_REASONS).
+
 SKIP_REASONS = ("not_utf8", "invalid_json", "missing_field", "wrong_type", "mixed_format", "wrong_role", "no_assistant_turn",
                 "prefix_mismatch", "empty_prompt", "empty_response", "identical", "render_failed")
 CSV_CONVERSATIONAL = ("conversational data in .csv is not supported (csv cells are text, not message lists): "
                       "save it as .jsonl, .json or .parquet")
-
-
-class DataError(RuntimeError):
-    """The data cannot be read at all (missing source, unreachable hub, nothing usable)."""
 
 
 class RowError(ValueError):
@@ -69,20 +53,6 @@ class RowError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-@dataclass(frozen=True)
-class Message:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
-@dataclass
-class RawRow:
-    subset: str  # the subset/split or file the row came from
-    line: int  # 1-based line number in the file (row number for parquet and hub data; see the module docstring)
-    data: dict[str, Any] | None = None
-    error: str | None = None  # a skip reason when the row could not even be decoded
-
-
 @dataclass
 class Conversation:
     """A non-HH row, normalised: the prompt turns and the two competing assistant replies."""
@@ -90,169 +60,6 @@ class Conversation:
     prompt: list[Message]
     chosen: str
     rejected: str
-
-
-# ----------------------------------------------------------------------------- HH dialogues
-
-
-def parse_hh_dialogue(text: str) -> list[Message]:
-    """Split an HH dialogue ``"\\n\\nHuman: a\\n\\nAssistant: b"`` into turns; text before the first marker is dropped."""
-    parts = _TURN.split(text)
-    # parts = [preamble, role1, content1, role2, content2, ...]
-    return [
-        Message("user" if role == "Human" else "assistant", content.strip())
-        for role, content in zip(parts[1::2], parts[2::2])
-    ]
-
-
-def render_hh(messages: list[Message]) -> str:
-    """Inverse of parse_hh_dialogue for clean turns: ``"\\n\\nHuman: a\\n\\nAssistant: b"``."""
-    return "".join(f"{HUMAN if m.role == 'user' else ASSISTANT} {m.content}" for m in messages)
-
-
-# ----------------------------------------------------------------------------- readers
-
-
-def data_suffix(path: str | Path) -> str | None:
-    name = Path(path).name.lower()
-    return next((s for s in SUFFIXES if name.endswith(s)), None)
-
-
-def data_files(folder: Path) -> list[Path]:
-    """The readable data files directly inside ``folder``, sorted by name (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and data_suffix(p))
-
-
-def read_file(path: Path, label: str) -> list[RawRow]:
-    """Every row of a local data file; rows that cannot be decoded carry their skip reason in ``error``."""
-    suffix = data_suffix(path)
-    if not path.is_file():
-        raise DataError(f"data file '{path}' does not exist")
-    if suffix is None:
-        raise DataError(f"'{path}': unsupported file type; hhalign reads {', '.join(SUFFIXES)}")
-    if suffix.startswith(".jsonl"):
-        return read_jsonl(path, label)
-    if suffix == ".parquet":
-        return _read_parquet(path, label)
-    text = _decode(gzip.decompress(path.read_bytes()) if suffix.endswith(".gz") else path.read_bytes())
-    if suffix.startswith(".csv"):
-        return _read_csv(text, path, label)
-    if not text.lstrip().startswith("["):
-        return read_jsonl(path, label)  # JSON Lines saved as .json
-    return _read_json_list(text, path, label)
-
-
-def read_jsonl(path: Path, label: str) -> list[RawRow]:
-    """JSON Lines, one object per line; blank lines are ignored, bad lines kept as errors."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rb") as fh:
-        for i, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                rows.append(RawRow(label, i, error="not_utf8"))
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError:
-                rows.append(RawRow(label, i, error="invalid_json"))
-                continue
-            rows.append(RawRow(label, i, data=obj if isinstance(obj, dict) else None, error=None if isinstance(obj, dict) else "invalid_json"))
-    return rows
-
-
-def _decode(raw: bytes) -> str:
-    """UTF-8 text; undecodable bytes become lone surrogates, so the rows holding them can be skipped alone."""
-    return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _has_bad_bytes(value: Any) -> bool:
-    if isinstance(value, str):
-        return bool(_SURROGATE.search(value))
-    if isinstance(value, dict):
-        return any(_has_bad_bytes(k) or _has_bad_bytes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_bad_bytes(v) for v in value)
-    return False
-
-
-def _row(label: str, line: int, obj: Any) -> RawRow:
-    if not isinstance(obj, dict):
-        return RawRow(label, line, error="invalid_json")
-    if _has_bad_bytes(obj):
-        return RawRow(label, line, error="not_utf8")
-    return RawRow(label, line, data=obj)
-
-
-def _read_json_list(text: str, path: Path, label: str) -> list[RawRow]:
-    """A JSON list of row objects; each row's line is where its object starts."""
-    decoder = json.JSONDecoder()
-    rows: list[RawRow] = []
-    i, line, counted = text.index("[") + 1, 1, 0
-    try:
-        while True:
-            while i < len(text) and text[i] in " \t\r\n,":
-                i += 1
-            if i >= len(text) or text[i] == "]":
-                break
-            line, counted = line + text.count("\n", counted, i), i
-            obj, i = decoder.raw_decode(text, i)
-            rows.append(_row(label, line, obj))
-    except json.JSONDecodeError as e:
-        raise DataError(f"'{path}' is not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}. A JSON list is read "
-                        "whole, so one broken row stops it; in JSON Lines (.jsonl) a broken line is skipped and reported.") from e
-    return rows
-
-
-def _read_csv(text: str, path: Path, label: str) -> list[RawRow]:
-    """A CSV file with a header row; cells are strings, a row's line is the file line where it starts."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        rows, end = [], reader.line_num
-        for record in reader:
-            start, end = end + 1, reader.line_num
-            if any(cell.strip() for cell in record):
-                rows.append(_row(label, start, dict(zip(header or [], record))))
-    except csv.Error as e:
-        raise DataError(f"'{path}' is not a readable CSV file (line {reader.line_num}): {e}") from e
-    return rows
-
-
-def _read_parquet(path: Path, label: str) -> list[RawRow]:
-    try:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-    except ImportError as e:
-        raise DataError(f"reading '{path}' needs pyarrow: pip install pyarrow") from e
-    except Exception as e:  # pyarrow raises ArrowInvalid, OSError... on a damaged file
-        raise DataError(f"'{path}' is not a readable Parquet file: {type(e).__name__}: {e}") from e
-    return [_row(label, i, r) for i, r in enumerate(table.to_pylist(), start=1)]
-
-
-def read_hub(source: str, split: str, label: str, data_dir: str | None = None, advice: str = "") -> list[RawRow]:
-    """Every row of one split of a hub dataset (row numbers as lines); ``data_dir`` picks a subset (HH-RLHF's)."""
-    try:
-        import datasets
-
-        subset = {"data_dir": data_dir} if data_dir else {}
-        ds = datasets.load_dataset(source, split=split, **subset)
-    except Exception as e:  # the hub raises many types: connection, offline mode, missing repo
-        where = f"data_dir={data_dir}, split={split}" if data_dir else f"split={split}"
-        raise DataError(
-            f"could not load '{source}' ({where}) from the Hugging Face hub: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. "
-            + (advice or "If the hub is unreachable, save the split elsewhere (e.g. ds.to_json('prefs.jsonl')) "
-               "and pass the file as data.source (or --data-dir).")
-        ) from e
-    return [_row(label, i + 1, dict(r)) for i, r in enumerate(ds)]
 
 
 # ----------------------------------------------------------------------------- detection
@@ -462,13 +269,15 @@ class Renderer:
 
         try:
             return load_tokenizer(self.model)
-        except Exception as e:  # ModelLoadError, or whatever a broken tokenizer folder raises
+        except (UserError, OSError, ValueError) as e:  # ModelLoadError, or what a broken tokenizer folder raises
             raise DataError(f"data.render={self.setting} needs the tokenizer of model.name_or_path '{self.model}' to "
                             f"render conversational rows: {e}. Set data.render: hh to use the Human/Assistant dialogue "
                             "without the model.") from e
 
     def render(self, conv: Conversation) -> tuple[str, str, str]:
         """(prompt ending in the assistant cue, chosen reply, rejected reply); ``prompt + chosen`` is the SFT text."""
+        from jinja2 import TemplateError
+
         if self.mode == "hh":
             system = "\n\n".join(m.content for m in conv.prompt if m.role == "system")
             prompt = system + render_hh([m for m in conv.prompt if m.role != "system"]) + ASSISTANT
@@ -478,7 +287,7 @@ class Renderer:
             prompt = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             replies = [self.tokenizer.apply_chat_template(turns + [{"role": "assistant", "content": reply}], tokenize=False)
                        for reply in (conv.chosen, conv.rejected)]
-        except Exception as e:  # jinja's raise_exception (e.g. "roles must alternate"), template syntax errors
+        except (TemplateError, ValueError, TypeError) as e:  # the template's raise_exception ("roles must alternate")
             raise RowError("render_failed", f"chat template: {type(e).__name__}: {e}") from e
         if not all(r.startswith(prompt) for r in replies):
             raise RowError("render_failed", "the chat template renders the prompt differently with and without a reply")

@@ -1,8 +1,9 @@
-"""Generate stage: a model answers each eval prompt, greedily, in length-sorted left-padded batches.
+"""Generate stage: each variant answers each eval prompt set, greedily, in length-sorted left-padded batches.
 
+    hhalign generate configs/tiny.yaml                 # the stage: 07_generate/{variant}_{set}.json
     hhalign generate --model runs/tiny/03_sft/model --prompts harmful.json --out sft_harmful.json [--protocol chat]
 
-    rows = run("facebook/opt-350m", Path("harmful.json"), Path("base_harmful.json"), GenerateSection())
+    rows = answer_file("facebook/opt-350m", Path("harmful.json"), Path("base_harmful.json"), GenerateSection())
 
 Two protocols (``GenerateSection.protocol``):
 
@@ -29,12 +30,12 @@ Each output row is ``{"prompt", "response", "n_prompt_tokens", "n_new_tokens", "
 in prompt order; ``finish_reason`` is "eos" (the model ended), "stop" (it began a Human turn) or
 "length" (it used the whole budget). ``n_new_tokens`` counts the eos token when there is one;
 ``n_prompt_tokens`` is what the model saw: a prompt too long for the model's positions loses its
-oldest tokens (with a warning) rather than crashing the run.
+oldest tokens (``n_prompt_dropped`` of them; the stage prints how many prompts were cut, once) rather
+than crashing the run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -45,11 +46,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import StaticLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hhalign.artifacts import write_json
-from hhalign.responses import PromptFileError, load_prompts  # noqa: F401  (re-exported)
-from hhalign.config import GenerateSection
+from hhalign.config import PROMPT_SETS, TINY, GenerateSection, RunConfig
 from hhalign.modeling import load_causal_lm, pick_device, resolve_dtype
+from hhalign.responses import load_prompts
+from hhalign.stages import VARIANT_STAGE, Input, begin, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ _TURN = re.compile(r"(?:^|\n)[ \t]*Human:")
 # are read from memory once per pass: 75 ms for 14 tokens, 350 ms for 200, bfloat16, 2 cores), and
 # a pad token costs as much as a real one. On a GPU pads are nearly free, so a batch is one pass.
 PREFILL_OVERHEAD_CPU = 64.0
+# transformers renamed `past_key_values` (generate's argument, the outputs' field) to `cache`, keeping the old name
+# as a deprecated alias until 6.0: use the name the installed version has
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def prefill_overhead(device: torch.device) -> float:
@@ -92,6 +98,7 @@ def generate_responses(
     device: str | torch.device | None = None,
     progress: bool = True,
     generate_kwargs: dict[str, Any] | None = None,
+    desc: str = "",
 ) -> list[dict[str, Any]]:
     """Greedy responses to ``prompts``, batched; rows in prompt order (see the module docstring).
 
@@ -101,16 +108,18 @@ def generate_responses(
     if model.device != device:
         model.to(device)
     chat = cfg.protocol == "chat"
-    encoded = [_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts]
+    if not prompts:
+        return []
+    encoded, dropped = zip(*(_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts))
     rows: list[dict[str, Any] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(prompts), desc=desc or f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
     # prompts read in groups only where caches can be merged; otherwise one padded pass per batch
     overhead = prefill_overhead(device) if _mergeable(model) else math.inf
     with torch.inference_mode(), bar:
         for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size):
             batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {}, overhead)
             for i, row in zip(idx, batch):
-                rows[i] = {"prompt": prompts[i], **row}
+                rows[i] = {"prompt": prompts[i], **row, "n_prompt_dropped": dropped[i]}
             bar.update(len(idx))
     return rows  # type: ignore[return-value]
 
@@ -145,21 +154,19 @@ def length_batches(lengths: list[int], max_size: int, overhead: float = math.inf
     return batches[::-1]
 
 
-def _encode(tok: PreTrainedTokenizerBase, text: str, model: PreTrainedModel, max_new_tokens: int) -> list[int]:
-    """Token ids as ``tok(text)`` gives them; the oldest tokens are dropped if prompt + budget overflow the model.
-
-    (The study's loop would crash there instead: OPT has no position embedding past its last.)
-    """
-    ids = tok(text)["input_ids"]
+def _encode(tok: PreTrainedTokenizerBase, text: str, model: PreTrainedModel, max_new_tokens: int) -> tuple[list[int], int]:
+    """(token ids as ``tok(text)`` gives them, how many were dropped): the oldest tokens go if prompt + budget
+    overflow the model's positions. (The study's loop would crash there instead: OPT has no position embedding
+    past its last.)"""
+    ids = tok(text, verbose=False)["input_ids"]  # over-long prompts are cut here, so the library's warning is moot
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is None or len(ids) + max_new_tokens <= limit:
-        return ids
+        return ids, 0
     keep = limit - max_new_tokens
     if keep < 2:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a {limit}-position model")
-    log.warning("prompt of %d tokens cut to its last %d to fit the model's %d positions", len(ids), keep, limit)
     head = ids[:1] if ids[0] in tok.all_special_ids else []  # keep the bos token the tokenizer adds
-    return head + ids[len(ids) - (keep - len(head)) :]
+    return head + ids[len(ids) - (keep - len(head)) :], len(ids) - keep
 
 
 def _generate_batch(
@@ -191,7 +198,7 @@ def _generate_batch(
     groups = length_batches([len(ids) - 1 for ids in batch_ids], len(batch_ids), overhead)
     if len(groups) > 1:
         max_len = inputs["input_ids"].shape[1] + kwargs["max_new_tokens"]
-        kwargs.update(past_key_values=_prefill(model, tok, batch_ids, groups, max_len, device), disable_compile=True)
+        kwargs.update({CACHE: _prefill(model, tok, batch_ids, groups, max_len, device), "disable_compile": True})
     output = model.generate(**inputs, **kwargs)  # (B, T + new)
     new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
     eos_ids = _eos_ids(model, tok)
@@ -233,7 +240,7 @@ def _prefill(
             continue
         enc = tok.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt").to(device)
         positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        cache = model(**enc, position_ids=positions, use_cache=True).past_key_values
+        cache = getattr(model(**enc, position_ids=positions, use_cache=True), CACHE)
         for j, i in enumerate(group):
             n = len(rows[j])
             parts[i] = [(layer.keys[j, :, -n:], layer.values[j, :, -n:]) for layer in cache.layers] if n else []
@@ -290,17 +297,55 @@ def _study_loop(
 # ----------------------------------------------------------------------------- stage
 
 
-def run(
-    model_path: str | Path,
-    prompts_path: str | Path,
-    out_path: str | Path,
-    cfg: GenerateSection,
-    device: str = "auto",
-) -> list[dict[str, Any]]:
-    """Load the model (hub id, local dir or LoRA adapter dir), answer every prompt, write ``out_path`` atomically."""
+def variant_model(variant: str, cfg: RunConfig, run_dir: Path) -> Input:
+    """The model a variant answers with: the base model as configured, else the stage's model/ folder."""
+    if variant == "base" and cfg.model.name_or_path != TINY:
+        return Input(cfg.model.name_or_path, "model", "--set model.name_or_path=DIR")
+    return Input(str(stage_dir(run_dir, VARIANT_STAGE[variant]) / "model"))
+
+
+def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    prompts = stage_dir(run_dir, "data") / "prompts"
+    out = {f"prompts/{s}": Input(str(prompts / f"{s}.json")) for s in PROMPT_SETS if (prompts / f"{s}.json").is_file()}
+    return out | {f"model/{v}": variant_model(v, cfg, run_dir) for v in cfg.variants}
+
+
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
+    """Every variant answers every prompt set into 07_generate/{variant}_{set}.json; each model loads once. A
+    resumed stage keeps the files it finished (each was written atomically)."""
+    work = begin("generate", cfg, run_dir, resume=resume)
+    sets = {name.split("/", 1)[1]: Path(i.ref) for name, i in work.inputs.items() if name.startswith("prompts/")}
+    dev = pick_device(cfg.generate.device)
+    outputs, kept, cut, total, reasons = [], [], 0, 0, {}
+    for variant in cfg.variants:
+        todo = {s: p for s, p in sets.items() if not (work.dir / f"{variant}_{s}.json").is_file()}
+        kept += [f"{variant}_{s}.json" for s in sets if s not in todo]
+        if todo:
+            model, tok = load_causal_lm(work.inputs[f"model/{variant}"].ref, device=dev, dtype=resolve_dtype(cfg.generate.dtype, dev))
+            for name, path in todo.items():
+                rows = generate_responses(model, tok, load_prompts(path), cfg.generate, device=dev, desc=f"generate {variant}/{name}")
+                write_json(work.dir / f"{variant}_{name}.json", rows)
+                cut += sum(r["n_prompt_dropped"] > 0 for r in rows)
+                total += len(rows)
+                for r in rows:
+                    reasons[r["finish_reason"]] = reasons.get(r["finish_reason"], 0) + 1
+            del model
+        outputs += [f"{variant}_{s}.json" for s in sets]
+    summary = (f"generate: {len(outputs) - len(kept)} response files written" + (f", {len(kept)} kept from before" if kept else "")
+               + f"; {cut} of {total} prompts cut to fit the model's positions (oldest tokens dropped); finish reasons {reasons}")
+    log.info(summary)
+    return work.finish(outputs, extra={"summary": summary, "prompts_cut": cut, "prompts": total, "finish_reasons": reasons,
+                                       "kept": kept, "device": str(dev), "dtype": cfg.generate.dtype})
+
+
+def answer_file(model_path: str | Path, prompts_path: str | Path, out_path: str | Path, cfg: GenerateSection) -> list[dict[str, Any]]:
+    """``hhalign generate --model M --prompts P --out R``: one model answers one prompt file, written atomically."""
     prompts = load_prompts(prompts_path)  # a bad file fails before the model loads
-    dev = pick_device(device)
+    dev = pick_device(cfg.device)
     model, tok = load_causal_lm(str(model_path), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
     rows = generate_responses(model, tok, prompts, cfg, device=dev)
     write_json(out_path, rows)
+    cut = sum(r["n_prompt_dropped"] > 0 for r in rows)
+    if cut:
+        log.info(f"generate: {cut} of {len(rows)} prompts cut to fit the model's positions (oldest tokens dropped)")
     return rows

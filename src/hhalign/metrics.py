@@ -8,11 +8,12 @@ between variants on the same prompts, threshold sweeps, and judge hygiene (empty
 and run-on responses, and whether the judge simply rewards length).
 
     hhalign metrics ../shared/data/paper/responses --json metrics.json
-    m = run(Path("runs/tiny"), MetricsSection(), json_out=Path("runs/tiny/09_metrics/metrics.json"))
+    m = measure(Path("runs/tiny"), MetricsSection(), json_out=Path("metrics.json"))
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -23,18 +24,16 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from hhalign.artifacts import write_json
-from hhalign.config import PROMPT_SETS, VARIANT_LABELS, VARIANTS, MetricsSection
-from hhalign.responses import canonical_variant, load_scored_dir
+from hhalign.artifacts import read_json, write_json
+from hhalign.config import PROMPT_SETS, VARIANT_LABELS, VARIANTS, MetricsSection, RunConfig
+from hhalign.errors import MetricsError
+from hhalign.responses import canonical_variant, load_scored_dir, parse_response_filename
+from hhalign.stages import Input, begin, stage_dir
 
-Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975): two-sided 95%
 SWEEP_RANGE = (-6.0, 2.0, 0.25)  # (low, high, step) of the threshold sweep
 RATE_NAMES = {"harmful": "HmR", "helpful": "HpR"}
 _CHUNK = 1000  # resamples drawn at a time, to bound memory on large prompt sets
-
-
-class MetricsError(ValueError):
-    """Rated responses that cannot be compared: unequal prompt lists, empty or unknown sets."""
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- rates
@@ -71,20 +70,21 @@ def exact_scores(hmr: float | None, hpr: float | None) -> dict[str, float | None
 # ----------------------------------------------------------------------------- intervals
 
 
-def wilson_interval(positives: int, n: int, z: float = Z95) -> list[float]:
-    """Wilson score interval for a proportion, in percent.
+def wilson_interval(positives: int, n: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval for a proportion, in percent (scipy's ``binomtest(...).proportion_ci``).
 
     centre = (p + z^2/2n) / (1 + z^2/n),  half = z * sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n).
     21/50: p = 0.42, z^2 = 3.8415, 1 + z^2/n = 1.07683; centre = 0.45842/1.07683 = 0.42571,
     half = 1.96 * sqrt(0.004872 + 0.000384) / 1.07683 = 0.13196 -> [29.38, 55.77].
+    At 0/n the lower bound is exactly 0 and at n/n the upper is exactly 100 (floating point would land a hair
+    inside, leaving the rate outside its own interval).
     """
     if n <= 0 or not 0 <= positives <= n:
         raise MetricsError(f"Wilson interval needs 0 <= positives <= n and n > 0, got {positives}/{n}")
-    p, z2 = positives / n, z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return [100 * max(0.0, centre - half), 100 * min(1.0, centre + half)]
+    ci = stats.binomtest(positives, n).proportion_ci(confidence_level=level, method="wilson")
+    low = 0.0 if positives == 0 else 100 * max(0.0, float(ci.low))
+    high = 100.0 if positives == n else 100 * min(1.0, float(ci.high))
+    return [low, high]
 
 
 def bootstrap_rates(labels: Sequence[bool], samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -387,9 +387,39 @@ def _around(text: str, k: int, before: int = 20, after: int = 40) -> str:
     return ("..." if lo else "") + text[lo:hi] + ("..." if hi < len(text) else "")
 
 
-def run(in_dir: Path, cfg: MetricsSection, json_out: Path | None = None) -> dict[str, Any]:
-    """Load every rated response file in ``in_dir`` (or its ``08_score/``), measure, write json_out atomically."""
+def measure(in_dir: Path, cfg: MetricsSection, json_out: Path | None = None) -> dict[str, Any]:
+    """``hhalign metrics DIR``: every rated response file in ``in_dir`` (or its 08_score/), measured; json_out atomically."""
     metrics = compute_metrics(load_scored_dir(in_dir), cfg)
     if json_out is not None:
         write_json(json_out, metrics)
     return metrics
+
+
+def run_thresholds(in_dir: Path) -> dict[str, float] | None:
+    """The thresholds a run folder was measured with (its 09_metrics manifest, else its run.json); None otherwise."""
+    manifest, run_json = stage_dir(in_dir, "metrics") / "manifest.json", Path(in_dir) / "run.json"
+    for path, keys in ((manifest, ("settings", "metrics")), (run_json, ("config", "metrics"))):
+        if path.is_file():
+            node = read_json(path)
+            for k in keys:
+                node = node.get(k) or {}
+            if "harmful_threshold" in node and "helpful_threshold" in node:
+                return {"harmful": float(node["harmful_threshold"]), "helpful": float(node["helpful_threshold"]), "from": str(path)}
+    return None
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    scored = stage_dir(run_dir, "score")
+    files = sorted(p for p in scored.glob("*.json") if parse_response_filename(p.name)) if scored.is_dir() else []
+    return {f"scored/{p.name}": Input(str(p)) for p in files}
+
+
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
+    """09_metrics/metrics.json from 08_score's rated responses, and the study's table on the console."""
+    work = begin("metrics", cfg, run_dir, resume=False)
+    metrics = measure(stage_dir(run_dir, "score"), cfg.metrics, work.dir / "metrics.json")
+    log.info(format_table(metrics))
+    return work.finish(["metrics.json"])

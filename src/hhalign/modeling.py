@@ -13,15 +13,12 @@ Benchmarks build the real architectures with random weights (same compute, no do
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -35,14 +32,11 @@ from transformers import (
 )
 
 from hhalign.config import TinyModelSection
+from hhalign.errors import ModelLoadError
+from hhalign.sources import check_model, is_adapter_dir, looks_local_model
 
 # OPT's special-token layout: <s>=0, <pad>=1, </s>=2 (bos and eos), <unk>=3.
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message says what to do."""
 
 
 # ----------------------------------------------------------------------------- tiny models
@@ -128,6 +122,8 @@ def build_tiny_reward_model(
         position_biased_input=False,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
@@ -190,44 +186,23 @@ def n_params(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def check_model_source(name_or_path: str, what: str = "model") -> None:
-    """Fail early and clearly on a local path that is missing or is not a Hugging Face model."""
-    p = Path(name_or_path).expanduser()
-    looks_local = p.exists() or name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path)
-    if not looks_local:
-        return
-    if not p.exists():
-        raise ModelLoadError(
-            f"{what} path '{name_or_path}' does not exist. Pass a local model directory (one with config.json) "
-            "or a Hugging Face hub id such as facebook/opt-350m."
-        )
-    if not p.is_dir() or not ((p / "config.json").is_file() or is_adapter_dir(p)):
-        raise ModelLoadError(
-            f"{what} path '{name_or_path}' is not a model directory: it has no config.json (nor adapter_config.json). "
-            "Point at a folder written by save_pretrained, e.g. runs/NAME/03_sft/model."
-        )
-
-
-def _hub_error(name_or_path: str, what: str, err: Exception) -> ModelLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return ModelLoadError(
-        f"could not load {what} '{name_or_path}' from the Hugging Face hub"
-        + (" (HF_HUB_OFFLINE=1 is set)" if offline else " (is the hub reachable from here?)")
-        + f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-        "Download it where the hub is reachable (huggingface-cli download ...) and pass the local directory instead."
-    )
+def _load_error(name_or_path: str, what: str, err: Exception) -> ModelLoadError:
+    """A loader's OSError as one line: a hub id that failed to download, or a local folder missing files."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    if looks_local_model(name_or_path):
+        return ModelLoadError(f"could not load {what} from '{name_or_path}': {type(err).__name__}: {first}. "
+                              "Is the folder complete (config.json, weights, tokenizer files)?")
+    return ModelLoadError(f"could not load {what} '{name_or_path}' from the Hugging Face hub: {type(err).__name__}: {first}. "
+                          f"Download it where the hub is reachable (`hf download {name_or_path} --local-dir DIR`) and pass "
+                          "DIR instead.")
 
 
 def load_tokenizer(name_or_path: str, pad_token: str = "eos", padding_side: str = "right") -> PreTrainedTokenizerBase:
-    check_model_source(name_or_path, "tokenizer")
+    check_model(name_or_path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as e:
-        raise _hub_error(name_or_path, "tokenizer", e) from e
+        raise _load_error(name_or_path, "tokenizer", e) from e
     if pad_token == "eos" or tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
@@ -240,32 +215,26 @@ def load_causal_lm(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     pad_token: str = "eos",
-    merge_adapter: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a hub id, a local model dir, or a PEFT LoRA adapter dir.
 
     Weights load in ``dtype``, float32 unless asked (the study's transformers 4 default; transformers 5
     would use the checkpoint's own type, float16 for facebook/opt-350m). An adapter is loaded onto its
-    base (``base_model_name_or_path`` in adapter_config.json) and, by default, merged, so generation
-    runs at the base model's speed.
+    base by PEFT's AutoPeftModelForCausalLM and merged, so generation runs at the base model's speed.
     """
-    check_model_source(name_or_path)
+    check_model(name_or_path)
     try:
         if is_adapter_dir(name_or_path):
-            from peft import PeftModel
+            from peft import AutoPeftModelForCausalLM
 
-            base = json.loads((Path(name_or_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-            check_model_source(base, "adapter base model")
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-            model = PeftModel.from_pretrained(model, name_or_path)
-            if merge_adapter:
-                model = model.merge_and_unload()
-            tok_src = name_or_path if (Path(name_or_path) / "tokenizer_config.json").is_file() else base
+            model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).merge_and_unload()
+            has_tok = (Path(name_or_path) / "tokenizer_config.json").is_file()
+            tok_src = name_or_path if has_tok else _adapter_base(name_or_path)
         else:
             model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
             tok_src = name_or_path
     except OSError as e:
-        raise _hub_error(name_or_path, "model", e) from e
+        raise _load_error(name_or_path, "model", e) from e
     tok = load_tokenizer(tok_src, pad_token=pad_token)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
@@ -275,16 +244,20 @@ def load_causal_lm(
     return model, tok
 
 
+def _adapter_base(adapter_dir: str) -> str:
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+
+
 def load_reward_model(
     name_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A sequence-classification reward model (score = logits[0]) and its tokenizer, weights in ``dtype``."""
-    check_model_source(name_or_path, "reward model")
+    check_model(name_or_path, "reward model")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as e:
-        raise _hub_error(name_or_path, "reward model", e) from e
+        raise _load_error(name_or_path, "reward model", e) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if model.config.pad_token_id is None:
@@ -322,14 +295,3 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("cpu")
     return torch.device(device)
-
-
-def check_config_exists(name_or_path: str) -> None:
-    """Resolve a model's config without its weights (cheap validation before training starts)."""
-    check_model_source(name_or_path)
-    if is_adapter_dir(name_or_path):
-        return
-    try:
-        AutoConfig.from_pretrained(name_or_path)
-    except OSError as e:
-        raise _hub_error(name_or_path, "model", e) from e

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.config import PROMPT_SETS, VARIANTS
-
-SCORE_DIR = "08_score"  # where a run folder keeps its rated responses (DESIGN.md, run folder)
+from hhalign.errors import PromptFileError, ResponseFileError
+from hhalign.stages import stage_dir
 
 # The study spells SFT+DPO "sftdpo" in its file names (4_sftdpo_harmful.json).
 _ALIASES = {"sftdpo": "sft_dpo", "sft+dpo": "sft_dpo", "sft-dpo": "sft_dpo"}
@@ -26,10 +26,6 @@ _FILENAME = re.compile(
     r"^(?:\d+_)?(?P<variant>sft_dpo|sftdpo|base|sft|dpo)_(?P<set>" + "|".join(PROMPT_SETS) + r")\.json$",
     re.IGNORECASE,
 )
-
-
-class ResponseFileError(ValueError):
-    """A response file or folder that cannot be used, with the file, the entry and what is wrong."""
 
 
 def canonical_variant(name: str) -> str:
@@ -115,8 +111,8 @@ def discover(directory: str | Path) -> dict[tuple[str, str], Path]:
     if not directory.is_dir():
         raise ResponseFileError(f"{directory}: no such folder of response files")
     found = _scan(directory)
-    if not found and (directory / SCORE_DIR).is_dir():
-        found = _scan(directory / SCORE_DIR)
+    if not found and stage_dir(directory, "score").is_dir():
+        found = _scan(stage_dir(directory, "score"))
     return found
 
 
@@ -140,7 +136,7 @@ def load_scored_dir(directory: str | Path) -> dict[str, dict[str, list[dict[str,
     found = discover(directory)
     if not found:
         raise ResponseFileError(
-            f"{directory}: no response files found (nor in {SCORE_DIR}/); expected names like "
+            f"{directory}: no response files found (nor in {stage_dir(directory, 'score').name}/); expected names like "
             "base_harmful.json, sft_dpo_helpful.json or the study's 1_base_harmful.json"
         )
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -152,10 +148,6 @@ def load_scored_dir(directory: str | Path) -> dict[str, dict[str, list[dict[str,
                     raise ResponseFileError(f"{found[variant, prompt_set]}: the list is empty; there is nothing to measure")
                 out.setdefault(variant, {})[prompt_set] = entries
     return out
-
-
-class PromptFileError(ValueError):
-    """A prompts file that cannot be used, with the file, the entry and what is wrong."""
 
 
 def load_prompts(path: str | Path) -> list[str]:

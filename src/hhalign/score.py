@@ -1,8 +1,9 @@
 """Score stage: a reward model rates every (prompt, response) pair; ratings are written into the files.
 
+    hhalign score configs/tiny.yaml          # the stage: 07_generate/*.json, rated, into 08_score/
     hhalign score --reward-model OpenAssistant/reward-model-deberta-v3-large-v2 base_harmful.json base_helpful.json
 
-    ratings = run("runs/tiny/06_rm/model", [Path("base_harmful.json")], ScoreSection())
+    ratings = rate_files("runs/tiny/06_rm/model", [Path("base_harmful.json")], ScoreSection())
 
 The study scored one pair at a time::
 
@@ -13,14 +14,18 @@ The study scored one pair at a time::
 right-padded batches: every pair is tokenized alone exactly as above, then padded, and the
 attention mask keeps the pads out of every real token's attention.
 
-``run`` checks every file before it loads the model, loads the model once, then rewrites each file
+``rate_files`` checks every file before it loads the model, loads the model once, then rewrites each file
 in place with a "rating" on every entry, atomically (a temporary file renamed over the original):
-a run stopped part-way leaves each file either fully rated or exactly as it was.
+a run stopped part-way leaves each file either fully rated or exactly as it was. The stage rates copies in
+08_score/, so 07_generate/ stays the raw record.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hhalign.artifacts import write_json
-from hhalign.config import ScoreSection
+from hhalign.config import RUN_RM, RunConfig, ScoreSection
 from hhalign.generate import length_batches
 from hhalign.modeling import load_reward_model, pick_device, resolve_dtype
-from hhalign.responses import load_responses
+from hhalign.responses import load_responses, parse_response_filename
+from hhalign.stages import Input, begin, stage_dir
+
+log = logging.getLogger(__name__)
 
 # What one more forward pass costs, in tokens, when grouping pairs by length (see
 # hhalign.generate.length_batches). On a CPU the pass is compute-bound already at batch size 1, so a
@@ -55,6 +63,7 @@ def score_pairs(
     batch_size: int,
     device: str | torch.device | None = None,
     progress: bool = True,
+    desc: str = "score",
 ) -> list[float]:
     """The reward model's first logit for each (prompt, response) pair, in input order."""
     if len(prompts) != len(responses):
@@ -67,7 +76,7 @@ def score_pairs(
     # Each pair tokenized alone, as the study did (truncation=True: the tokenizer's model_max_length).
     encoded = [tok(p, r, truncation=True) for p, r in zip(prompts, responses)]
     scores: list[float] = [0.0] * len(encoded)
-    bar = tqdm(total=len(encoded), desc="score", unit="pair", disable=not progress)
+    bar = tqdm(total=len(encoded), desc=desc, unit="pair", disable=not progress)
     with torch.inference_mode(), bar:
         for idx in length_batches([len(e["input_ids"]) for e in encoded], batch_size, pass_overhead(device)):
             batch = tok.pad([encoded[i] for i in idx], padding=True, padding_side="right", return_tensors="pt")
@@ -87,25 +96,19 @@ def _score_one_at_a_time(model: PreTrainedModel, tok: PreTrainedTokenizerBase, p
     return scores
 
 
-def run(
-    reward_model: str | Path,
-    paths: list[Path],
-    cfg: ScoreSection,
-    device: str = "auto",
-) -> dict[Path, list[float]]:
+def rate_files(reward_model: str | Path, paths: list[Path], cfg: ScoreSection) -> dict[Path, list[float]]:
     """Rate every entry of every response file in place; returns each file's ratings in entry order."""
     paths = list(dict.fromkeys(Path(p) for p in paths))
     # --- check every file before any work: a bad third file must not leave the first two rated
     entries = {p: load_responses(p) for p in paths}
     # --- load once, score and rewrite file by file
-    dev = pick_device(device)
+    dev = pick_device(cfg.device)
     model, tok = load_reward_model(str(reward_model), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
     ratings: dict[Path, list[float]] = {}
     for p in paths:
         rows = entries[p]
-        scores = score_pairs(
-            model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows], cfg.batch_size, device=dev
-        )
+        scores = score_pairs(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows], cfg.batch_size,
+                             device=dev, desc=f"score {p.stem}")
         write_json(p, [_rated(r, s) for r, s in zip(rows, scores)])
         ratings[p] = scores
     return ratings
@@ -113,3 +116,39 @@ def run(
 
 def _rated(entry: dict[str, Any], score: float) -> dict[str, Any]:
     return {**entry, "rating": score}
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def judge(cfg: RunConfig, run_dir: Path) -> Input:
+    """The reward model that rates the run: this run's own (06_rm) or the configured one."""
+    if cfg.score.reward_model == RUN_RM:
+        return Input(str(stage_dir(run_dir, "rm") / "model"))
+    return Input(cfg.score.reward_model, "reward_model", "--set score.reward_model=DIR")
+
+
+def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    gen = stage_dir(run_dir, "generate")
+    files = sorted(p for p in gen.glob("*.json") if parse_response_filename(p.name)) if gen.is_dir() else []
+    return {f"responses/{p.name}": Input(str(p)) for p in files} | {"reward_model": judge(cfg, run_dir)}
+
+
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
+    """Copy 07_generate's response files into 08_score and rate them there; a resumed stage keeps rated files."""
+    work = begin("score", cfg, run_dir, resume=resume)
+    names = [n.split("/", 1)[1] for n in work.inputs if n.startswith("responses/")]
+    todo = []
+    for name in names:
+        out = work.dir / name
+        if out.is_file() and all("rating" in e for e in load_responses(out)):
+            continue  # rated before an interruption (each file is rewritten atomically)
+        shutil.copyfile(work.inputs[f"responses/{name}"].ref, work.dir / f".{name}.copy")
+        os.replace(work.dir / f".{name}.copy", out)
+        todo.append(out)
+    rm = work.inputs["reward_model"].ref
+    ratings = rate_files(rm, todo, cfg.score) if todo else {}
+    summary = f"score: {len(todo)} files rated by {rm}" + (f", {len(names) - len(todo)} kept from before" if len(todo) < len(names) else "")
+    log.info(summary)
+    return work.finish(names, extra={"summary": summary, "reward_model": rm, "dtype": cfg.score.dtype,
+                                     "pairs": sum(len(r) for r in ratings.values())})

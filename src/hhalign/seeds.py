@@ -6,14 +6,17 @@ rates. Pure: reads each seed's 09_metrics/metrics.json, writes seeds.json and se
 
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import atomic_write_text, read_json, write_json
 from hhalign.config import VARIANT_LABELS, RunConfig
+from hhalign.stages import stage_dir
 
 KEYS = ("HmR", "HpR", "CAS")
+log = logging.getLogger(__name__)
 
 
 def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -45,15 +48,15 @@ def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) ->
         for v, data in m["variants"].items():
             cells = [f"{data['exact'][k]:.1f}" if data["exact"].get(k) is not None else "n/a" for k in KEYS]
             lines.append(f"| {seed} | {VARIANT_LABELS[v]} | " + " | ".join(cells) + " |")
-    lines += ["", "Each seed's full report: seed-N/10_report/report.html.", ""]
+    lines += ["", f"Each seed's full report: seed-N/{stage_dir('', 'report')}/report.html.", ""]
     return "\n".join(lines)
 
 
 def aggregate(cfg: RunConfig, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
-    per_seed = {s: read_json(run_dir / f"seed-{s}" / "09_metrics" / "metrics.json") for s in seeds}
+    per_seed = {s: read_json(stage_dir(run_dir / f"seed-{s}", "metrics") / "metrics.json") for s in seeds}
     summary = summarise(per_seed)
     write_json(run_dir / "seeds.json", {"seeds": seeds, "summary": summary})
     text = to_markdown(summary, per_seed)
     atomic_write_text(run_dir / "seeds_report.md", text)
-    print(text)
+    log.info(text)
     return summary

@@ -6,23 +6,27 @@ Reads a run folder (``08_score/*.json``, ``09_metrics/metrics.json``, ``01_data/
 are computed here with ``hhalign.metrics``. A missing variant or prompt set gives a report of what
 exists with a visible note, not an error.
 
-    hhalign report runs/NAME --out runs/NAME/10_report
-    build(Path("runs/NAME"), Path("runs/NAME/10_report"), cfg.report, cfg.metrics)
+    hhalign report configs/tiny.yaml                     # the stage: 10_report/ of the run
+    hhalign report runs/NAME --out somewhere/            # any run folder or folder of scored files
+    build(Path("runs/NAME"), Path("out"), cfg.report, cfg.metrics)
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import atomic_write_text, read_json
-from hhalign.config import PROMPT_SETS, VARIANTS, MetricsSection, ReportSection
+from hhalign.config import PROMPT_SETS, VARIANTS, MetricsSection, ReportSection, RunConfig
+from hhalign.errors import UserError
 from hhalign.report import plots
-from hhalign.report.html import render_html, viewer_data
-from hhalign.report.markdown import FigureRef, Report, md_escape, render_markdown
+from hhalign.report.html import render_html
+from hhalign.report.markdown import FigureRef, Report, render_markdown
+from hhalign.responses import parse_response_filename
+from hhalign.stages import Input, begin, stage_dir
 
-METRICS_FILE = Path("09_metrics") / "metrics.json"
-DATA_REPORT_FILE = Path("01_data") / "data_report.json"
+log = logging.getLogger(__name__)
 RUN_FILE = Path("run.json")
 
 
@@ -54,10 +58,11 @@ def build(
 
 def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, Any] | None) -> Report:
     if not in_dir.is_dir():
-        raise FileNotFoundError(f"{in_dir}: no such folder; give a run folder or a folder of scored response files")
+        raise UserError(f"{in_dir}: no such folder; give a run folder or a folder of scored response files")
     data, problems = _load_responses(in_dir)
-    if metrics is None and (in_dir / METRICS_FILE).is_file():
-        metrics = read_json(in_dir / METRICS_FILE)
+    metrics_file = stage_dir(in_dir, "metrics") / "metrics.json"
+    if metrics is None and metrics_file.is_file():
+        metrics = read_json(metrics_file)
     if metrics is None:
         metrics = _compute_metrics(data, metrics_cfg) if data else {}
     metrics = dict(metrics)
@@ -69,7 +74,7 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
         metrics=metrics,
         data=data,
         missing=problems + _missing(data, metrics, run_info),
-        data_report=_read_optional(in_dir / DATA_REPORT_FILE, problems),
+        data_report=_read_optional(stage_dir(in_dir, "data") / "data_report.json", problems),
         run_info=run_info,
     )
 
@@ -134,4 +139,22 @@ def _write_figures(report: Report, out_dir: Path, formats: list[str]) -> list[Pa
     return written
 
 
-__all__ = ["build", "md_escape", "render_html", "render_markdown", "viewer_data", "Report"]
+# ----------------------------------------------------------------------------- stage
+
+
+def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    out = {"metrics": Input(str(stage_dir(run_dir, "metrics") / "metrics.json"))}
+    scored = stage_dir(run_dir, "score")
+    for p in sorted(scored.glob("*.json")) if scored.is_dir() else []:
+        if parse_response_filename(p.name):
+            out[f"scored/{p.name}"] = Input(str(p))
+    data_report = stage_dir(run_dir, "data") / "data_report.json"
+    return out | ({"data_report": Input(str(data_report))} if data_report.is_file() else {})
+
+
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
+    """10_report/: the figures, report.md and report.html of the run."""
+    work = begin("report", cfg, run_dir, resume=False)
+    files = build(run_dir, work.dir, cfg.report, cfg.metrics, metrics=read_json(work.inputs["metrics"].ref))
+    log.info(f"report: open {work.dir / 'report.html'}")
+    return work.finish([str(Path(f).relative_to(work.dir)) for f in files])

@@ -80,9 +80,9 @@ def _bar_group(ax: Any, metrics: dict[str, Any], with_ci: bool) -> None:
                 continue
             xs.append(i - 0.4 + width * (j + 0.5))
             ys.append(y)
-            interval = _interval(info, rate)
-            lo.append(y - interval[0] if interval else 0.0)
-            hi.append(interval[1] - y if interval else 0.0)
+            below, above = error_bar(y, _interval(info, rate))
+            lo.append(below)
+            hi.append(above)
         if not xs:
             continue
         yerr = [lo, hi] if with_ci else None
@@ -97,6 +97,14 @@ def _bar_group(ax: Any, metrics: dict[str, Any], with_ci: bool) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(ncols=min(len(variants), 4), loc="upper left", frameon=False, fontsize=9)
+
+
+def error_bar(y: float, interval: list[float] | None) -> tuple[float, float]:
+    """(below, above) whisker lengths for a bar at ``y``; never negative, even when floating point puts a bound
+    a hair on the wrong side of the rate (at 0% or 100%), which matplotlib refuses."""
+    if not interval:
+        return 0.0, 0.0
+    return max(0.0, y - interval[0]), max(0.0, interval[1] - y)
 
 
 def _interval(info: dict[str, Any], rate: str) -> list[float] | None:

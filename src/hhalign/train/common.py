@@ -1,8 +1,9 @@
-"""What every training stage shares: TRL config building, model sources, length fitting, held-out figures.
+"""What every training stage shares: its inputs, TRL config building, length fitting, held-out figures, finishing.
 
 Stages hand TRL configuration only (no trainer subclassing), save through a temporary directory that is
 renamed into place when complete, and write ``train_report.json`` then ``manifest.json`` last, on the
-main process only.
+main process only. Under ``accelerate launch`` every rank keys the stage the same way (``begin_training``);
+only the main one touches the folder.
 """
 
 from __future__ import annotations
@@ -17,53 +18,49 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from transformers import TrainerCallback
 
-from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json, write_manifest
-from hhalign.config import TINY, RunConfig, TrainSection, library_class
-from hhalign.data import ASSISTANT, STAGE_DIR as DATA_DIR, parse_hh_dialogue, render_hh
+from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json
+from hhalign.config import TINY, RunConfig, TrainSection
+from hhalign.configfile import checkpointing_default, library_class
+from hhalign.errors import TrainingError
+from hhalign.hh import ASSISTANT, parse_hh_dialogue, render_hh
+from hhalign.stages import Input, StageRun, begin, stage_dir
 
-STAGE_DIRS = {"pretrain": "02_pretrain", "sft": "03_sft", "dpo": "04_dpo", "sft_dpo": "05_sft_dpo", "rm": "06_rm"}
 TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields and losses hhalign checks
-
-
-class TrainingError(RuntimeError):
-    """A training stage cannot start (missing input, bad model, bad LoRA target...)."""
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def data_dir(run_dir: Path) -> Path:
-    d = Path(run_dir) / DATA_DIR
-    if not (d / "manifest.json").is_file():
-        raise TrainingError(f"{d} is missing or incomplete: run `hhalign data CONFIG` first (or `hhalign run`)")
-    return d
+def pair_inputs(run_dir: Path) -> dict[str, Input]:
+    """The training pairs and the held-out pairs of the run's data stage."""
+    data = stage_dir(run_dir, "data")
+    return {"prefs": Input(str(data / "prefs.jsonl")), "heldout": Input(str(data / "heldout.jsonl"))}
 
 
-def load_pairs(run_dir: Path, name: str = "prefs.jsonl") -> list[dict[str, Any]]:
-    rows = read_jsonl(data_dir(run_dir) / name)
-    if name == "prefs.jsonl" and not rows:
-        raise TrainingError(f"{data_dir(run_dir) / name} has no usable rows: check data_report.json for why rows were skipped")
+def base_model(cfg: RunConfig, run_dir: Path) -> Input:
+    """The run's starting model: the pretrained tiny model, or model.name_or_path."""
+    if cfg.model.name_or_path == TINY:
+        return Input(str(stage_dir(run_dir, "pretrain") / "model"))
+    return Input(cfg.model.name_or_path, "model", "--set model.name_or_path=DIR")
+
+
+def load_rows(work: StageRun, name: str) -> list[dict[str, Any]]:
+    rows = read_jsonl(work.inputs[name].ref)
+    if name == "prefs" and not rows:
+        raise TrainingError(f"{work.inputs[name].ref} has no usable rows: check data_report.json for why rows were skipped")
     return rows
 
 
-def base_model_path(cfg: RunConfig, run_dir: Path) -> str:
-    """The run's starting model: the pretrained tiny model, or model.name_or_path."""
-    if cfg.model.name_or_path == TINY:
-        p = Path(run_dir) / STAGE_DIRS["pretrain"] / "model"
-        if not (p / "config.json").is_file():
-            raise TrainingError(f"model.name_or_path is 'tiny' but {p} does not exist: run `hhalign pretrain CONFIG` first")
-        return str(p)
-    return cfg.model.name_or_path
+def begin_training(name: str, cfg: RunConfig, run_dir: Path, resume: bool, given: dict[str, Input] | None = None) -> StageRun:
+    """``stages.begin`` on every rank of a launch (the main one prepares the folder, the others wait for it)."""
+    from accelerate import PartialState
 
-
-def stage_model_path(run_dir: Path, stage: str) -> Path:
-    p = Path(run_dir) / STAGE_DIRS[stage] / "model"
-    if not (p / "config.json").is_file():
-        raise TrainingError(f"{p} does not exist: run `hhalign {stage} CONFIG` first (the {stage} model is needed here)")
-    return p
+    check_trl_version()
+    # cpu=True on CPU-only machines makes accelerate form the gloo group, so wait_for_everyone really waits
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return begin(name, cfg, run_dir, resume=resume, given=given, main=state.is_main_process, barrier=state.wait_for_everyone)
 
 
 # ----------------------------------------------------------------------------- TRL config
@@ -87,16 +84,16 @@ def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixe
     if not on_gpu():
         args.setdefault("use_cpu", True)
     args.update(fixed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return cls(output_dir=str(out_dir / "checkpoints"), seed=seed, data_seed=seed, **args)
+    args = {**checkpointing_default(cls, args), **args}
+    return cls(output_dir=str(out_dir / "checkpoints"), seed=seed, data_seed=seed, **args)
 
 
-def last_checkpoint(stage_dir: Path) -> str | None:
+def last_checkpoint(work: StageRun) -> str | None:
+    """The checkpoint to resume from: the latest one of a resumed stage folder, else None (start afresh)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    ck = stage_dir / "checkpoints"
-    return get_last_checkpoint(str(ck)) if ck.is_dir() else None
+    ck = work.dir / "checkpoints"
+    return get_last_checkpoint(str(ck)) if work.resumed and ck.is_dir() else None
 
 
 def check_trl_version() -> None:
@@ -120,7 +117,9 @@ def _v(s: str) -> tuple[int, ...]:
 
 
 def token_len(tok: Any, text: str) -> int:
-    return len(tok(text, add_special_tokens=True)["input_ids"]) + 1  # + eos appended by the trainers
+    # verbose=False: this measures texts longer than the model on purpose, to fit them; transformers would warn
+    # "Token indices sequence length is longer than ..." about each tokenizer once (a dozen times a run)
+    return len(tok(text, add_special_tokens=True, verbose=False)["input_ids"]) + 1  # + eos appended by the trainers
 
 
 def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | None) -> tuple[str, str]:
@@ -180,8 +179,8 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
     for batch in _batches(list(zip(prompts, responses)), batch_size):
         ids, masks = [], []
         for prompt, response in batch:
-            full = tok(prompt + response)["input_ids"]
-            n_prompt = len(tok(prompt)["input_ids"])
+            full = tok(prompt + response, verbose=False)["input_ids"]  # over-long pairs are cut below: no warning
+            n_prompt = len(tok(prompt, verbose=False)["input_ids"])
             drop = max(0, len(full) - max_len)  # over-long pairs lose their oldest tokens, never the response
             full, n_prompt = full[drop:], max(1, n_prompt - drop)
             ids.append(full)
@@ -208,13 +207,13 @@ def mean_nll(logps: list[tuple[float, int]]) -> float:
     return -sum(lp for lp, _ in logps) / max(total, 1)
 
 
+def heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]]) -> float:
+    """Per-token NLL of the held-out chosen responses given their prompts (pretrain's and SFT's figure)."""
+    model.eval()
+    return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]))
+
+
 # ----------------------------------------------------------------------------- finishing
-
-
-def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
 
 
 def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
@@ -235,21 +234,14 @@ def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
     state.wait_for_everyone()
 
 
-def finish_stage(
-    stage: str, cfg: RunConfig, stage_dir: Path, report: dict[str, Any], inputs: dict[str, Any], outputs: list[str],
-    started: float, section: dict[str, Any],
-) -> dict[str, Any] | None:
+def finish_training(work: StageRun, report: dict[str, Any], outputs: list[str]) -> dict[str, Any] | None:
     """train_report.json, then manifest.json (last), then drop the checkpoints; main process only."""
-    if not is_main_process():
+    if not work.main:
         return None
-    report["wall_seconds"] = round(time.time() - started, 2)
-    write_json(stage_dir / "train_report.json", report)
-    manifest = write_manifest(
-        stage_dir, stage=stage, config={**section, "seed": cfg.seed}, inputs=inputs,
-        outputs=[*outputs, "train_report.json"], started=started,
-        extra={"summary": report.get("summary", "")},
-    )
-    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+    report["wall_seconds"] = round(time.time() - work.started, 2)
+    write_json(work.dir / "train_report.json", report)
+    manifest = work.finish([*outputs, "train_report.json"], extra={"summary": report.get("summary", "")})
+    shutil.rmtree(work.dir / "checkpoints", ignore_errors=True)
     return manifest
 
 

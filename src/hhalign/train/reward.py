@@ -9,7 +9,7 @@ accuracy (share of pairs where chosen scores above rejected) before and after tr
 
 from __future__ import annotations
 
-import time
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,18 @@ from datasets import Dataset
 
 from hhalign.config import TINY, RunConfig
 from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
+from hhalign.stages import Input
 from hhalign.train.common import (
-    STAGE_DIRS, data_dir, finish_stage, last_checkpoint, load_pairs, log_history, save_model_atomically, StopOnInterrupt,
-    trl_args,
+    StopOnInterrupt, begin_training, finish_training, last_checkpoint, load_rows, log_history, pair_inputs,
+    save_model_atomically, trl_args,
 )
+
+log = logging.getLogger(__name__)
+
+
+def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    backbone = {} if cfg.rm.model == TINY else {"backbone": Input(cfg.rm.model, "model", "--set rm.model=DIR")}
+    return {**pair_inputs(run_dir), **backbone}
 
 
 def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, float]:
@@ -51,27 +59,23 @@ def _encode(tok: Any, rows: list[dict[str, Any]], max_length: int) -> Dataset:
                               "rejected_ids": [ids(r["prompt"], r["rejected"]) for r in rows]})
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] | None:
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
     from trl import RewardTrainer
 
-    started = time.time()
-    stage_dir = Path(run_dir) / STAGE_DIRS["rm"]
-    rows, heldout = load_pairs(run_dir), load_pairs(run_dir, "heldout.jsonl")
+    work = begin_training("rm", cfg, run_dir, resume)
+    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout")
     model, tok = _build(cfg, rows)
     max_length = cfg.rm.args.get("max_length") or tok.model_max_length
     before = pairwise_accuracy(model, tok, heldout)
     model.train()
-    args = trl_args("rm", cfg.rm, stage_dir, cfg.seed)
-    trainer = RewardTrainer(
-        model=model, args=args, train_dataset=_encode(tok, rows, max_length), processing_class=tok, callbacks=[StopOnInterrupt()]
-    )
-    trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
-    save_model_atomically(trainer, tok, stage_dir / "model")
+    trainer = RewardTrainer(model=model, args=trl_args("rm", cfg.rm, work.dir, cfg.seed), train_dataset=_encode(tok, rows, max_length),
+                            processing_class=tok, callbacks=[StopOnInterrupt()])
+    trainer.train(resume_from_checkpoint=last_checkpoint(work))
+    save_model_atomically(trainer, tok, work.dir / "model")
     model.eval()
     after = pairwise_accuracy(model, tok, heldout)
     report = {"stage": "rm", "backbone": cfg.rm.model, "train_pairs": len(rows), "heldout_pairs": len(heldout),
               "before": before, "after": after, "log_history": log_history(trainer),
               "summary": f"rm: held-out pairwise accuracy {before['pairwise_accuracy']:.3f} -> {after['pairwise_accuracy']:.3f}"}
-    print(report["summary"])
-    return finish_stage("rm", cfg, stage_dir, report, {"prefs": data_dir(run_dir) / "prefs.jsonl"}, ["model"], started,
-                        {"rm": cfg.to_dict()["rm"]})
+    log.info(report["summary"])
+    return finish_training(work, report, ["model"])

@@ -8,23 +8,26 @@ Over-long dialogues lose their oldest prompt turns, never response tokens (count
 
 from __future__ import annotations
 
-import time
+import logging
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 
 from hhalign.config import RunConfig
+from hhalign.errors import TrainingError
 from hhalign.modeling import load_causal_lm
+from hhalign.stages import Input
 from hhalign.train.common import (
-    STAGE_DIRS, TrainingError, base_model_path, data_dir, finish_stage, fit_rows, last_checkpoint, load_pairs, log_history, mean_nll,
-    response_logps, save_model_atomically, StopOnInterrupt, trl_args,
+    StopOnInterrupt, base_model, begin_training, finish_training, fit_rows, heldout_nll, last_checkpoint, load_rows,
+    log_history, pair_inputs, save_model_atomically, trl_args,
 )
 
+log = logging.getLogger(__name__)
 
-def _heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]]) -> float:
-    model.eval()
-    return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]))
+
+def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    return {**pair_inputs(run_dir), "start": base_model(cfg, run_dir)}
 
 
 def check_padding_free(model: Any, args: dict[str, Any]) -> None:
@@ -41,14 +44,13 @@ def check_padding_free(model: Any, args: dict[str, Any]) -> None:
         )
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] | None:
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
     from trl import SFTTrainer
 
-    started = time.time()
-    stage_dir = Path(run_dir) / STAGE_DIRS["sft"]
+    work = begin_training("sft", cfg, run_dir, resume)
     # --- inputs
-    source = base_model_path(cfg, run_dir)
-    rows, heldout = load_pairs(run_dir), load_pairs(run_dir, "heldout.jsonl")
+    source = work.inputs["start"].ref
+    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout")
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
     check_padding_free(model, cfg.sft.args)
     max_length = cfg.sft.args.get("max_length", 1024)
@@ -60,22 +62,19 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any] |
         dataset = Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "completion": [r["chosen"] for r in rows]})
         fixed = {"completion_only_loss": True}
     # --- train
-    before = _heldout_nll(model, tok, heldout)
+    before = heldout_nll(model, tok, heldout)
     model.train()
-    args = trl_args("sft", cfg.sft, stage_dir, cfg.seed, **fixed)
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[StopOnInterrupt()]
-    )
-    trainer.train(resume_from_checkpoint=last_checkpoint(stage_dir) if resume else None)
-    save_model_atomically(trainer, tok, stage_dir / "model")
+    args = trl_args("sft", cfg.sft, work.dir, cfg.seed, **fixed)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[StopOnInterrupt()])
+    trainer.train(resume_from_checkpoint=last_checkpoint(work))
+    save_model_atomically(trainer, tok, work.dir / "model")
     # --- report
-    after = _heldout_nll(model, tok, heldout)
+    after = heldout_nll(model, tok, heldout)
     report = {
         "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "train_pairs": len(rows), "heldout_pairs": len(heldout),
         "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after}, "log_history": log_history(trainer),
         "summary": f"sft: held-out NLL of chosen responses {before:.3f} -> {after:.3f}; "
                    f"{lengths['prompt_trimmed']} prompts trimmed to keep responses whole, {lengths['still_truncated']} still truncated",
     }
-    print(report["summary"])
-    return finish_stage("sft", cfg, stage_dir, report, {"prefs": data_dir(run_dir) / "prefs.jsonl", "base": Path(source)},
-                        ["model"], started, {"sft": cfg.to_dict()["sft"], "model": cfg.to_dict()["model"]})
+    log.info(report["summary"])
+    return finish_training(work, report, ["model"])

@@ -1,0 +1,342 @@
+"""Reading a run configuration: a YAML preset, ``--set`` overrides, and validation, before any work starts.
+
+    cfg = load_config("configs/tiny.yaml", overrides=["dpo.beta=0.2"])
+    cfg = load_config("tiny")                       # a preset shipped with the package, by name
+
+Unknown keys ("did you mean"), wrong types, impossible values, keys TRL or PEFT lack, values they reject,
+and settings the installed TRL would silently ignore all fail here with one line that names where the value
+came from: the YAML file, or the ``--set`` that gave it. Training sections pass their remaining keys through
+to TRL's SFTConfig / DPOConfig / RewardConfig and PEFT's LoraConfig (``PASSTHROUGH``), so every option those
+libraries have works without being declared again in ``hhalign.config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hhalign.config import RunConfig
+from hhalign.errors import ConfigError
+
+# section path -> (module, class): the library config each training section feeds.
+PASSTHROUGH = {
+    "pretrain": ("trl", "SFTConfig"),
+    "sft": ("trl", "SFTConfig"),
+    "dpo": ("trl", "DPOConfig"),
+    "rm": ("trl", "RewardConfig"),
+    "dpo.lora": ("peft", "LoraConfig"),
+}
+# Keys hhalign sets itself per stage: a user value would be overwritten, so it is refused.
+_RESERVED = {"output_dir", "resume_from_checkpoint", "do_train", "do_eval"}
+# Settings the installed TRL accepts but ignores (recent TRL made label_smoothing a no-op outside these losses).
+_LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+# Values that the libraries accept but that can only be a mistake: (key, lower bound, strict).
+_BOUNDS = {
+    "learning_rate": (0.0, True), "num_train_epochs": (0.0, True), "per_device_train_batch_size": (1, False),
+    "gradient_accumulation_steps": (1, False), "beta": (0.0, True), "r": (1, False), "lora_alpha": (0.0, True),
+    "lora_dropout": (0.0, False), "max_length": (1, False), "warmup_steps": (0, False), "weight_decay": (0.0, False),
+}
+_SIMPLE = (int, float, bool, str)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    """The presets shipped inside the package (configs/*.yaml)."""
+    return sorted(p.name for p in resources.files("hhalign.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """``path`` itself when it exists; else a shipped preset of that name (``tiny``, ``configs/tiny.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    if name in preset_names():
+        return Path(str(resources.files("hhalign.configs") / name))
+    raise ConfigError(f"config file not found: {p}. Give a YAML file, or a preset shipped with hhalign: "
+                      f"{', '.join(n.removesuffix('.yaml') for n in preset_names())}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> RunConfig:
+    """Read a YAML preset (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    where = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = resolve_preset(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    overrides = list(overrides or [])
+    for item in overrides:
+        apply_override(raw, item)
+    for k, v in top.items():
+        if v is not None:
+            raw[k] = v
+    try:
+        return _build(RunConfig, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{_origin(e, where, overrides)}: {e}", e.key) from None
+
+
+def _origin(e: ConfigError, where: str, overrides: list[str]) -> str:
+    """The --set item that gave the faulty key (the last one, as it wins), else the file."""
+    if e.key:
+        for item in reversed(overrides):
+            key = item.partition("=")[0].strip()
+            if key == e.key or key.startswith(f"{e.key}.") or e.key.startswith(f"{key}."):
+                return f"--set {item}"
+    return where
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``dpo.lora.r=16`` -> raw["dpo"]["lora"]["r"] = 16 (the value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. dpo.beta=0.2), got '{item}'")
+    key, _, value = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item}: '{part}' is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]})") from e
+
+
+def from_dict(raw: dict[str, Any], where: str = "<dict>") -> RunConfig:
+    try:
+        return _build(RunConfig, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}", e.key) from None
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    section = prefix.rstrip(".")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{section or 'top level'}' must be a mapping, got {raw!r}", section or None)
+    types_ = _field_types(cls)
+    passthrough = section in PASSTHROUGH
+    own: dict[str, Any] = {}
+    args: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in types_ and key != "args":
+            own[key] = value
+        elif passthrough:
+            args[key] = value
+        else:
+            allowed = ", ".join(k for k in types_ if k != "args")
+            close = _close_matches(key, types_)
+            raise ConfigError(f"unknown key '{prefix}{key}'." + (f" Did you mean {close}?" if close else "")
+                              + f" Allowed keys here: {allowed}", f"{prefix}{key}")
+    kwargs: dict[str, Any] = {}
+    for key, value in own.items():
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    if passthrough:
+        _check_passthrough(section, args)
+        kwargs["args"] = args
+    return cls(**kwargs)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(value, opt, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        if len(errors) == 1:
+            raise ConfigError(errors[0], key)
+        names = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"'{key}' must be {names}, got {value!r} ({type(value).__name__})", key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            value = [value]  # `loss_type: ipo` means [ipo], as TRL reads it
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list of {item_tp.__name__}, got {value!r}", key)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    if origin is dict and isinstance(value, dict):
+        return value
+    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})", re.sub(r"\[\d+\]$", "", key))
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _close_matches(key: str, options: Any) -> str:
+    matches = difflib.get_close_matches(key, list(options), n=3, cutoff=0.6)
+    return " or ".join(f"'{m}'" for m in matches)
+
+
+# ----------------------------------------------------------------------------- pass-through
+
+
+def library_class(section: str) -> type:
+    module, name = PASSTHROUGH[section]
+    mod = __import__(module, fromlist=[name])
+    return getattr(mod, name)
+
+
+def _check_passthrough(section: str, args: dict[str, Any]) -> None:
+    """Fail on keys the library class lacks, values it rejects, and settings it would ignore."""
+    cls = library_class(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in args:
+        if key in _RESERVED:
+            raise ConfigError(f"'{section}.{key}' is set by hhalign per stage; remove it", f"{section}.{key}")
+        if key not in fields:
+            close, own = _close_matches(key, fields), sorted(_own_keys(section))
+            raise ConfigError(
+                f"unknown key '{section}.{key}': neither an hhalign setting nor a field of "
+                f"{cls.__module__.split('.')[0]}.{cls.__name__} (installed version)."
+                + (f" Did you mean {close}?" if close else "")
+                + (f" hhalign's own keys here: {', '.join(own)}." if own else "")
+                + " `hhalign config --keys` lists them all.", f"{section}.{key}")
+    hints = typing.get_type_hints(cls)
+    for key, value in args.items():
+        if _is_simple(hints.get(key)):
+            args[key] = _coerce(value, hints[key], f"{section}.{key}")
+        if key in _BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, strict = _BOUNDS[key]
+            if value < low or (strict and value == low):
+                raise ConfigError(f"'{section}.{key}' is {value}; it must be {'>' if strict else '>='} {low}", f"{section}.{key}")
+    try:
+        if section == "dpo.lora":
+            cls(**args)
+        else:
+            # bf16 left unset follows the hardware at train time (hhalign.train), so the check is hardware-free
+            cls(**{"output_dir": "/tmp/hhalign-config-check", "report_to": "none", "bf16": False, "use_cpu": True,
+                   **checkpointing_default(cls, args), **args})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cls.__name__} rejects the '{section}' settings: {e}", section) from e
+    if section == "dpo" and args.get("label_smoothing"):
+        losses = args.get("loss_type", ["sigmoid"])
+        losses = [losses] if isinstance(losses, str) else losses
+        if not any(loss in _LABEL_SMOOTHING_LOSSES for loss in losses):
+            raise ConfigError(
+                f"dpo.label_smoothing={args['label_smoothing']} has no effect with loss_type={losses} in the "
+                f"installed TRL; it only acts with {', '.join(_LABEL_SMOOTHING_LOSSES)} "
+                "(conservative DPO is loss_type: robust).", "dpo.label_smoothing")
+
+
+def checkpointing_default(cls: type, args: dict[str, Any]) -> dict[str, Any]:
+    """TRL 1.16 gives its configs ``gradient_checkpointing=True`` as a default of its own, under the name that
+    transformers 5 renamed ``activation_checkpointing`` (and warns about whenever the old one is set): pass TRL's
+    default under the new name, unless the config names either (the old name then warns, as it should)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if "activation_checkpointing" in names and not {"gradient_checkpointing", "activation_checkpointing"} & args.keys():
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == "gradient_checkpointing")
+        return {"activation_checkpointing": default}
+    return {}
+
+
+def _is_simple(tp: Any) -> bool:
+    """Annotations we can check strictly: int/float/bool/str, lists of them, and Optional/Union of those."""
+    if tp in _SIMPLE:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return all(a in _SIMPLE for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return all(a is type(None) or _is_simple(a) for a in typing.get_args(tp))
+    return False
+
+
+def _own_keys(section: str) -> set[str]:
+    cls: type = RunConfig
+    for part in section.split("."):
+        cls = _field_types(cls)[part]
+    return {f.name for f in dataclasses.fields(cls) if f.name != "args"}
+
+
+# ----------------------------------------------------------------------------- documentation
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def describe_keys() -> str:
+    """Every hhalign knob with its default and help, for ``hhalign config --keys``."""
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        types_ = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "args":
+                continue
+            if dataclasses.is_dataclass(types_[f.name]):
+                walk(types_[f.name], f"{prefix}{f.name}.")
+                continue
+            lines.append(f"{prefix}{f.name} = {_default(f)!r}\n    {f.metadata.get('help', '')}")
+        section = prefix.rstrip(".")
+        if section in PASSTHROUGH:
+            module, name = PASSTHROUGH[section]
+            lines.append(f"{prefix}<any field of {module}.{name}>\n    passed through unchanged")
+
+    walk(RunConfig, "")
+    return "\n".join(lines)
+
+
+def add_section_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...], keep_defaults: bool = True) -> None:
+    """``--max-new-tokens`` etc. for the named fields of a section, typed and documented from the field itself
+    (help text, choices from its check, default). ``keep_defaults=False`` leaves unset options None, so the
+    caller can tell an explicit flag from a default (``hhalign metrics`` reads a run's own thresholds)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types_ = _field_types(cls)
+    for name in names:
+        f, tp = fields[name], types_[name]
+        default = _default(f)
+        kind = {int: int, float: float, str: str}.get(tp, str)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default if keep_defaults else None,
+                            help=f"{f.metadata.get('help', '')} (default: {default})")
+
+
+def section_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """The section with every option the user gave (None = not given: the field's default)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return cls(**{**given, **fixed})
