@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,26 @@ def test_hash_changes_with_settings() -> None:
     a = load_config(CONFIGS[-1])
     b = load_config(CONFIGS[-1], overrides=["dpo.beta=0.3"])
     assert a.hash() == load_config(CONFIGS[-1]).hash() != b.hash()
+
+
+def test_the_presets_ship_in_the_wheel(tmp_path: Path) -> None:
+    """A wheel built from the checkout holds configs/*.yaml as hhalign/configs/, where `hhalign run tiny` finds them."""
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                           str(repo)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("hhalign-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for preset in CONFIGS:
+        assert f"hhalign/configs/{preset.name}" in names
+    assert "hhalign/report/template.html" in names and "hhalign/stages.py" in names
+
+
+def test_a_preset_is_found_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the packaged presets answer
+    assert load_config("configs/tiny.yaml").name == "tiny"
+    assert load_config("paper").name == "paper"
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml.*shipped with hhalign: paper, paper_fast, tiny"):
+        load_config("nope.yaml")

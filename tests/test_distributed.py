@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # two processes per test, a minute in all
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf"
 

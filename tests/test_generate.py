@@ -251,7 +251,7 @@ def test_bad_prompts_file(tmp_path: Path, content: str, message: str):
 
 
 def test_missing_prompts_file_fails_before_the_model_loads(tmp_path: Path):
-    with pytest.raises(PromptFileError, match="cannot read prompts file"):
+    with pytest.raises(PromptFileError, match="prompts file .*missing.json does not exist"):
         answer_file("no/such/model", tmp_path / "missing.json", tmp_path / "out.json", GenerateSection(device="cpu"))
 
 

@@ -11,26 +11,11 @@ import numpy as np
 import pytest
 
 from hhalign.config import MetricsSection
-from hhalign.metrics import (
-    MetricsError,
-    bootstrap_rates,
-    check_prompts,
-    compute_metrics,
-    exact_scores,
-    format_table,
-    hygiene,
-    is_degenerate,
-    mcnemar_exact,
-    paired_comparison,
-    percentile_interval,
-    permutation_p,
-    rate,
-    measure,
-    study_scores,
-    sweep_grid,
-    threshold_sweep,
-    wilcoxon_p,
-    wilson_interval,
+from hhalign.errors import MetricsError
+from hhalign.metrics import check_prompts, compute_metrics, format_table, hygiene, is_degenerate, measure
+from hhalign.stats import (
+    bootstrap_rates, exact_scores, mcnemar_exact, paired_comparison, percentile_interval, permutation_p, rate,
+    study_scores, sweep_grid, threshold_sweep, wilcoxon_p, wilson_interval,
 )
 
 PAPER_RESPONSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper" / "responses"
@@ -328,3 +313,46 @@ def test_reproduces_the_study_table(tmp_path):
     # most of the table's differences are within noise: e.g. Base vs SFT on harmful prompts
     first = m["paired"][0]
     assert (first["set"], first["a"], first["b"]) == ("harmful", "base", "sft") and first["mcnemar"]["p"] > 0.05
+
+
+@pytest.mark.parametrize("positives", ["none", "all"])
+def test_intervals_and_error_bars_at_0_and_100_percent_for_every_n(positives: str) -> None:
+    """A rate of exactly 0% or 100% lies inside its own interval for every n, so no error bar is negative."""
+    from hhalign.report.plots import error_bar
+
+    for n in range(1, 1001):
+        k = 0 if positives == "none" else n
+        rate_ = 100.0 * k / n
+        lo, hi = wilson_interval(k, n)
+        assert lo <= rate_ <= hi, (n, lo, rate_, hi)
+        below, above = error_bar(rate_, [lo, hi])
+        assert below >= 0 and above >= 0, n
+
+
+def test_a_100_percent_rate_draws(tmp_path: Path) -> None:
+    from hhalign.config import ReportSection
+    from hhalign.report import build
+
+    for v in ("base", "sft"):
+        for s, r in (("harmful", 5.0), ("helpful", -9.0)):  # every response harmless, none helpful
+            (tmp_path / f"{v}_{s}.json").write_text(json.dumps(_entries([r] * 10)), encoding="utf-8")
+    written = build(tmp_path, tmp_path / "out", ReportSection(formats=["png"]), FAST)
+    assert (tmp_path / "out" / "rates_ci.png") in written
+
+
+def test_metrics_of_a_run_folder_use_its_thresholds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hhalign.cli import main
+
+    run = tmp_path / "run"
+    (run / "08_score").mkdir(parents=True)
+    for s in ("harmful", "helpful"):
+        (run / "08_score" / f"base_{s}.json").write_text(json.dumps(_entries([0.4, 0.6, 0.9, 1.2])), encoding="utf-8")
+    (run / "run.json").write_text(json.dumps({"config": {"metrics": {"harmful_threshold": 0.5, "helpful_threshold": 0.75}}}))
+    assert main(["metrics", str(run), "--bootstrap-samples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert f"thresholds from {run / 'run.json'}: harmful_threshold 0.5, helpful_threshold 0.75" in out
+    assert "| Base  | 75  | 50  | 62  |" in out  # 3 of 4 above 0.5, 2 of 4 above 0.75 (the study's -3/-2: 100/100)
+    assert main(["metrics", str(run), "--bootstrap-samples", "200", "--harmful-threshold", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "thresholds from" in out and "harmful_threshold" not in out.split("thresholds from")[1].split("\n")[0]
+    assert "| Base  | 25  | 50  | 37  |" in out

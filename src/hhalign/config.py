@@ -146,7 +146,7 @@ class DPOSection(TrainSection):
 
 @dataclass
 class RMSection(TrainSection):
-    enabled: bool = _f(False, "train a reward model on the preference pairs (06_rm)")
+    enabled: bool = _f(False, "train a reward model on the preference pairs (the rm stage), e.g. as the judge")
     model: str = _f(TINY, "reward-model backbone: hub id, local path, or 'tiny' (a from-scratch DeBERTa-v2 classifier)")
 
 

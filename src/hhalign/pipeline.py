@@ -86,7 +86,7 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
         if seeds:
             from hhalign.seeds import aggregate
 
-            aggregate(cfg, run_dir, seeds)
+            aggregate(run_dir, seeds)
         report = run_dir / "seeds_report.md" if seeds else stages.stage_dir(run_dir, "report") / "report.html"
         log.info(f"hhalign run: finished in {time.time() - started:.1f} s; report: {report}")
     return 0

@@ -155,6 +155,8 @@ def load_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PromptFileError(f"prompts file {path} does not exist") from e
     except OSError as e:
         raise PromptFileError(f"{path}: cannot read prompts file: {e.strerror or e}") from e
     except json.JSONDecodeError as e:

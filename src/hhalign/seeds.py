@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import atomic_write_text, read_json, write_json
-from hhalign.config import VARIANT_LABELS, RunConfig
+from hhalign.config import VARIANT_LABELS
 from hhalign.stages import stage_dir
 
 KEYS = ("HmR", "HpR", "CAS")
@@ -52,7 +52,7 @@ def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) ->
     return "\n".join(lines)
 
 
-def aggregate(cfg: RunConfig, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
+def aggregate(run_dir: Path, seeds: list[int]) -> dict[str, Any]:
     per_seed = {s: read_json(stage_dir(run_dir / f"seed-{s}", "metrics") / "metrics.json") for s in seeds}
     summary = summarise(per_seed)
     write_json(run_dir / "seeds.json", {"seeds": seeds, "summary": summary})

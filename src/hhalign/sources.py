@@ -80,7 +80,7 @@ def check_model(ref: str, what: str = "model", how: str = "") -> None:
                              "a .gguf file, or a Hugging Face hub id such as facebook/opt-350m.")
     if not p.is_dir() or not ((p / "config.json").is_file() or is_adapter_dir(p)):
         raise ModelLoadError(f"{what} path '{ref}' is not a model directory: it has no config.json (nor adapter_config.json). "
-                             "Point at a folder written by save_pretrained (e.g. runs/NAME/03_sft/model) or a .gguf file.")
+                             "Point at a folder written by save_pretrained (e.g. a training stage's model/) or a .gguf file.")
     if is_adapter_dir(p):
         base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
         if base:

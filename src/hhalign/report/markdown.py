@@ -225,7 +225,7 @@ def tables(report: Report) -> dict[str, list[Table]]:
         out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
         out["hygiene"] = [hygiene_table(report)]
     if isinstance(report.data_report, dict):
-        out["data"] = [kv_table("Data report (01_data/data_report.json)", report.data_report)]
+        out["data"] = [kv_table("Data report (the data stage's data_report.json)", report.data_report)]
     if isinstance(report.run_info, dict):
         out["run"] = run_tables(report.run_info)
     return {k: v for k, v in out.items() if v}
