@@ -16,9 +16,15 @@ from transformers import OPTForCausalLM
 import hhalign.generate as gen_mod
 from hhalign.config import GenerateSection
 from hhalign.errors import PromptFileError
-from hhalign.generate import _study_loop, answer_file, cut_at_turn, generate_responses, with_assistant_cue
+from hhalign.generate import (
+    _study_loop,
+    answer_file,
+    cut_at_turn,
+    generate_responses,
+    with_assistant_cue,
+)
 from hhalign.modeling import load_causal_lm
-from hhalign.responses import load_prompts
+from hhalign.prompts import load_prompts
 
 # Varied lengths (1 to ~120 tokens), multi-turn and single-turn, as the study's prompts are.
 PROMPTS = [
@@ -314,7 +320,12 @@ def test_bfloat16_generation_loads_the_model_in_bfloat16(tiny_lm_dir: Path, tmp_
 def test_merged_prompt_caches_work_beyond_opt_and_fall_back_where_they_cannot(lm, prefills, monkeypatch):
     """Llama (rotary positions, grouped-query attention) goes through the merged-cache path and matches
     the study's loop; Mistral with a sliding window cannot merge caches and takes the padded path."""
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     _, tok = lm
     sizes = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -12,10 +12,27 @@ import pytest
 
 from hhalign.config import MetricsSection
 from hhalign.errors import MetricsError
-from hhalign.metrics import check_prompts, compute_metrics, format_table, hygiene, is_degenerate, measure
+from hhalign.metrics import (
+    check_prompts,
+    compute_metrics,
+    format_table,
+    hygiene,
+    is_degenerate,
+    measure,
+)
 from hhalign.stats import (
-    bootstrap_rates, exact_scores, mcnemar_exact, paired_comparison, percentile_interval, permutation_p, rate,
-    study_scores, sweep_grid, threshold_sweep, wilcoxon_p, wilson_interval,
+    bootstrap_rates,
+    exact_scores,
+    mcnemar_exact,
+    paired_comparison,
+    percentile_interval,
+    permutation_p,
+    rate,
+    study_scores,
+    sweep_grid,
+    threshold_sweep,
+    wilcoxon_p,
+    wilson_interval,
 )
 
 PAPER_RESPONSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper" / "responses"

@@ -11,11 +11,18 @@ import torch
 
 from hhalign.config import TinyModelSection
 from hhalign.errors import ModelLoadError
-from hhalign.sources import HubError
 from hhalign.modeling import (
-    build_tiny_causal_lm, build_tiny_reward_model, deberta_v3_large_config, load_causal_lm,
-    load_reward_model, n_params, opt_350m_config, resolve_dtype, train_tokenizer,
+    build_tiny_causal_lm,
+    build_tiny_reward_model,
+    deberta_v3_large_config,
+    load_causal_lm,
+    load_reward_model,
+    n_params,
+    opt_350m_config,
+    resolve_dtype,
+    train_tokenizer,
 )
+from hhalign.sources import HubError
 
 TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast.",
          "\n\nHuman: What is the capital of France?\n\nAssistant: Paris."] * 20

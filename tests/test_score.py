@@ -13,8 +13,8 @@ import torch
 
 import hhalign.score as score_mod
 from hhalign.config import ScoreSection
-from hhalign.modeling import load_reward_model
 from hhalign.errors import ResponseFileError
+from hhalign.modeling import load_reward_model
 from hhalign.score import _score_one_at_a_time, rate_files, score_pairs
 
 

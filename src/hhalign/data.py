@@ -26,7 +26,13 @@ from hhalign.formats import Renderer
 from hhalign.hh import ASSISTANT, study_prompt
 from hhalign.pairs import Pair, Skips, clean_file, read_pairs
 from hhalign.prompts import draw_from_pairs, draw_prompt_sets, write_prompts
-from hhalign.readers import data_files, data_layout, read_rows, single_files, subset_file
+from hhalign.readers import (
+    data_files,
+    data_layout,
+    read_rows,
+    single_files,
+    subset_file,
+)
 from hhalign.sources import is_local_data
 from hhalign.stages import Input, begin
 

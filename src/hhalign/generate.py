@@ -51,7 +51,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from hhalign.artifacts import write_json
 from hhalign.config import PROMPT_SETS, TINY, GenerateSection, RunConfig
 from hhalign.modeling import load_causal_lm, pick_device, resolve_dtype
-from hhalign.responses import load_prompts
+from hhalign.prompts import load_prompts
 from hhalign.stages import VARIANT_STAGE, Input, begin, stage_dir
 
 log = logging.getLogger(__name__)

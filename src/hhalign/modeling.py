@@ -48,7 +48,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "c
     ``kind="causal"`` prepends ``</s>`` to every sequence as OPT's tokenizer does; ``kind="classifier"``
     renders pairs as ``<s> A </s> B </s>`` for a sequence-classification reward model.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

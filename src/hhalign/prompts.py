@@ -18,12 +18,11 @@ from typing import Any
 from hhalign import formats
 from hhalign.artifacts import atomic_write_text
 from hhalign.config import DataSection
-from hhalign.errors import DataError
+from hhalign.errors import DataError, PromptFileError
 from hhalign.formats import Renderer
 from hhalign.hh import eval_prompt, study_prompt
 from hhalign.pairs import Pair, Skips, clean_file, read_pairs
 from hhalign.readers import data_layout, read_rows
-from hhalign.responses import load_prompts
 
 
 def draw_prompt_sets(
@@ -112,6 +111,34 @@ def draw_from_pairs(cfg: DataSection, pairs: list[Pair], where: str) -> tuple[di
         avoid = cfg.harmful_keywords if name == "helpful" else None
         sets[name], info[name] = draw_set(name, pairs, keywords, cfg, where, avoid, {p for s in sets.values() for p in s})
     return sets, info
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """A JSON list of prompt strings, or of ``{"prompt": str, ...}`` objects (a response file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PromptFileError(f"prompts file {path} does not exist") from e
+    except OSError as e:
+        raise PromptFileError(f"{path}: cannot read prompts file: {e.strerror or e}") from e
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if not isinstance(data, list):
+        raise PromptFileError(f'{path}: expected a JSON list of prompt strings (or of {{"prompt": ...}}), got {type(data).__name__}')
+    prompts = []
+    for i, item in enumerate(data):
+        where = f"{path}: entry {i + 1} (index {i})"
+        if isinstance(item, dict):
+            if "prompt" not in item:
+                raise PromptFileError(f'{where} is an object without "prompt"')
+            item = item["prompt"]
+        if not isinstance(item, str):
+            raise PromptFileError(f"{where} is {type(item).__name__}, not a prompt string: {json.dumps(item)[:60]}")
+        if not item.strip():
+            raise PromptFileError(f"{where} is an empty prompt")
+        prompts.append(item)
+    return prompts
 
 
 def write_prompts(path: Path, prompts: list[str]) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.config import PROMPT_SETS, VARIANTS
-from hhalign.errors import PromptFileError, ResponseFileError
+from hhalign.errors import ResponseFileError
 from hhalign.stages import stage_dir
 
 # The study spells SFT+DPO "sftdpo" in its file names (4_sftdpo_harmful.json).
@@ -148,31 +148,3 @@ def load_scored_dir(directory: str | Path) -> dict[str, dict[str, list[dict[str,
                     raise ResponseFileError(f"{found[variant, prompt_set]}: the list is empty; there is nothing to measure")
                 out.setdefault(variant, {})[prompt_set] = entries
     return out
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """A JSON list of prompt strings, or of ``{"prompt": str, ...}`` objects (a response file)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise PromptFileError(f"prompts file {path} does not exist") from e
-    except OSError as e:
-        raise PromptFileError(f"{path}: cannot read prompts file: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise PromptFileError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-    if not isinstance(data, list):
-        raise PromptFileError(f'{path}: expected a JSON list of prompt strings (or of {{"prompt": ...}}), got {type(data).__name__}')
-    prompts = []
-    for i, item in enumerate(data):
-        where = f"{path}: entry {i + 1} (index {i})"
-        if isinstance(item, dict):
-            if "prompt" not in item:
-                raise PromptFileError(f'{where} is an object without "prompt"')
-            item = item["prompt"]
-        if not isinstance(item, str):
-            raise PromptFileError(f"{where} is {type(item).__name__}, not a prompt string: {json.dumps(item)[:60]}")
-        if not item.strip():
-            raise PromptFileError(f"{where} is an empty prompt")
-        prompts.append(item)
-    return prompts

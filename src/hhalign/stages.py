@@ -30,7 +30,14 @@ from types import ModuleType
 from typing import Any
 
 from hhalign.artifacts import (
-    MANIFEST, git_commit, read_json, read_manifest, sha256_path, stop_if_interrupted, versions, write_json,
+    MANIFEST,
+    git_commit,
+    read_json,
+    read_manifest,
+    sha256_path,
+    stop_if_interrupted,
+    versions,
+    write_json,
 )
 from hhalign.config import TINY, RunConfig, section_hash
 from hhalign.errors import UserError
@@ -160,7 +167,7 @@ class Input:
         elif self.kind in ("model", "reward_model"):
             sources.check_model(self.ref, self.kind.replace("_", " "), self.how)
         elif self.kind == "prompts":
-            from hhalign.responses import load_prompts
+            from hhalign.prompts import load_prompts
 
             load_prompts(self.ref)
         elif self.kind == "file" and not Path(self.ref).expanduser().is_file():

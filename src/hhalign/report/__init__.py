@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import atomic_write_text, read_json
-from hhalign.config import PROMPT_SETS, VARIANTS, MetricsSection, ReportSection, RunConfig
+from hhalign.config import (
+    PROMPT_SETS,
+    VARIANTS,
+    MetricsSection,
+    ReportSection,
+    RunConfig,
+)
 from hhalign.errors import UserError
 from hhalign.report import plots
 from hhalign.report.html import render_html

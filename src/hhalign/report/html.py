@@ -23,7 +23,14 @@ from importlib import resources
 from typing import Any
 
 from hhalign.config import PROMPT_SETS
-from hhalign.report.markdown import Report, Table, missing_text, numeric_columns, tables, thresholds_text
+from hhalign.report.markdown import (
+    Report,
+    Table,
+    missing_text,
+    numeric_columns,
+    tables,
+    thresholds_text,
+)
 from hhalign.report.plots import SET_POSITIVE, label, variant_colors, variant_order
 
 _NEGATIVE = {"harmful": "harmful", "helpful": "unhelpful"}

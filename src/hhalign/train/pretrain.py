@@ -17,8 +17,16 @@ from hhalign.config import RunConfig
 from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
 from hhalign.stages import Input
 from hhalign.train.common import (
-    StopOnInterrupt, begin_training, finish_training, heldout_nll, last_checkpoint, load_rows, log_history, pair_inputs,
-    save_model_atomically, trl_args,
+    StopOnInterrupt,
+    begin_training,
+    finish_training,
+    heldout_nll,
+    last_checkpoint,
+    load_rows,
+    log_history,
+    pair_inputs,
+    save_model_atomically,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)
