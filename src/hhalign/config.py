@@ -24,7 +24,7 @@ from hhalign.errors import ConfigError
 VARIANTS = ("base", "sft", "dpo", "sft_dpo")
 VARIANT_LABELS = {"base": "Base", "sft": "SFT", "dpo": "DPO", "sft_dpo": "SFT+DPO"}
 PROMPT_SETS = ("harmful", "helpful")
-PROTOCOLS = ("paper", "chat")
+PROTOCOLS = ("paper", "chat", "template")
 TINY = "tiny"  # model name that means "build from scratch" (see hhalign.modeling)
 RUN_RM = "rm"  # reward model name that means "the reward model this run trains" (06_rm)
 EVAL_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -51,7 +51,7 @@ class DataSection:
     layout: str = _f("auto", "'subsets': HH-RLHF's <subset>/<split> tree; 'single': one dataset (a file, a folder of files, or a hub id + train_split); 'auto': subsets for Anthropic/hh-rlhf or a dir holding the subsets, else single")
     format: str = _f("auto", "row format: auto (detected per file, reported), hh (HH-RLHF text dialogues), standard (prompt/chosen/rejected strings), conversational (message lists), implicit (chosen/rejected whole dialogues)")
     columns: dict[str, str] = _f({}, "your column names for prompt/chosen/rejected, e.g. {prompt: question, chosen: good, rejected: bad}")
-    render: str = _f("auto", "how non-HH rows become text: hh (Human:/Assistant: dialogue, as OPT saw), chat_template (the model tokenizer's), auto (chat_template when the model has one; hh for tiny)")
+    render: str = _f("auto", "how rows become training text: hh (Human:/Assistant: dialogue, as OPT saw), chat_template (the model tokenizer's, for HH-RLHF rows too), auto (other formats: chat_template when the model has one; HH-RLHF rows keep the study's text)")
     train_subsets: list[str] = _f(["harmless-base", "helpful-base"], "subsets whose pairs train SFT/DPO/RM (absent local subsets are skipped with a note)")
     train_split: str = _f("train", "split that training rows come from (HH subsets, hub datasets; a local file or folder is read whole)")
     max_train_rows: int | None = _f(None, "cap on training pairs after cleaning (null = all); the first N in file order")
@@ -152,7 +152,8 @@ class RMSection(TrainSection):
 
 @dataclass
 class GenerateSection:
-    protocol: str = _f("paper", "'paper': the study's prompts and decoding exactly; 'chat': cue the assistant, stop at the next Human turn")
+    protocol: str = _f("paper", "'paper': the study's prompts and decoding exactly; 'chat': cue the assistant, stop at the next "
+                                "Human turn; 'template': the turns through the model's chat template (instruct models)")
     max_new_tokens: int = _f(50, "greedy decoding budget per response (the study: 50)")
     batch_size: int = _f(16, "prompts per generation batch (length-sorted, left-padded)")
     dtype: str = _f("float32", DTYPE_HELP)

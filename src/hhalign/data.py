@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import write_json, write_jsonl
-from hhalign.config import PROMPT_SETS, DataSection, RunConfig
+from hhalign.config import PROMPT_SETS, TINY, DataSection, RunConfig
+from hhalign.convert import model_input
 from hhalign.errors import DataError
-from hhalign.formats import Renderer
+from hhalign.formats import Renderer, RowError
 from hhalign.hh import ASSISTANT, study_prompt
-from hhalign.pairs import Pair, Skips, clean_file, read_pairs
+from hhalign.pairs import Pair, Skips, clean_file, read_pairs, template_pair
 from hhalign.prompts import draw_from_pairs, draw_prompt_sets, write_prompts
 from hhalign.readers import (
+    RawRow,
     data_files,
     data_layout,
     read_rows,
@@ -109,12 +111,28 @@ def _filtered(d: DataSection, loaded: Loaded) -> tuple[list[Pair], dict[str, int
     return [p for p in loaded.pairs if (p.subset, p.line) not in drop], dropped
 
 
-def prepare(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, list[Pair]], dict[str, list[str]]]:
-    """Read, clean and split the data (nothing written): (data report, {train, heldout}, prompt sets)."""
+def _templated(pairs: list[Pair], loaded: Loaded, renderer: Renderer) -> list[Pair]:
+    """data.render: chat_template puts HH-RLHF rows (the study's text) through the model's chat template too;
+    rows the template refuses are skipped as render_failed."""
+    out = []
+    for p in pairs:
+        if loaded.formats.get(p.subset) != "hh":
+            out.append(p)  # rendered when read
+            continue
+        try:
+            out.append(template_pair(p, renderer))
+        except RowError as e:
+            loaded.skips.add(e.reason, RawRow(p.subset, p.line), e.detail)
+    return out
+
+
+def prepare(cfg: RunConfig, model: str | None = None) -> tuple[dict[str, Any], dict[str, list[Pair]], dict[str, list[str]]]:
+    """Read, clean and split the data (nothing written): (data report, {train, heldout}, prompt sets). ``model``:
+    the folder whose tokenizer renders chat-template rows (the converted one for a .gguf model)."""
     d = cfg.data
     notes: list[str] = []
     layout = data_layout(d)
-    renderer = Renderer(d.render, cfg.model.name_or_path)
+    renderer = Renderer(d.render, model or cfg.model.name_or_path)
     loaded = _load_single(d, renderer) if layout == "single" else _load_subsets(d, renderer, notes)
     eval_norm = {_norm(p) for ps in loaded.prompt_sets.values() for p in ps}
     pairs, dropped = _filtered(d, loaded)
@@ -125,6 +143,8 @@ def prepare(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, list[Pair]], dict
     held_idx = set(order[: min(d.heldout_rows, len(pairs) // 5)])
     heldout = [p for i, p in enumerate(pairs) if i in held_idx]
     train = [p for i, p in enumerate(pairs) if i not in held_idx][: d.max_train_rows]
+    if d.render == "chat_template":
+        train, heldout = _templated(train, loaded, renderer), _templated(heldout, loaded, renderer)
     rows_read = sum(s["rows"] for s in loaded.sources.values())
     if not train:
         raise DataError(f"no usable training rows in {d.source} ({rows_read} read; skipped: {loaded.skips.counts()})")
@@ -178,12 +198,15 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     for name in PROMPT_SETS:
         if file := getattr(d, f"{name}_prompts_file"):
             out[f"{name}_prompts"] = Input(file, "prompts")
+    if d.render != "hh" and cfg.model.name_or_path != TINY:  # its tokenizer may render rows
+        out["model"] = model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
     return out
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """Write 01_data/ (prefs.jsonl, heldout.jsonl, sft.jsonl, prompts/, data_report.json) and its manifest."""
-    report, pairs, prompt_sets = prepare(cfg)  # a data problem fails here, before the folder is touched
+    model = inputs(cfg, run_dir).get("model")
+    report, pairs, prompt_sets = prepare(cfg, model.ref if model else None)  # a data problem fails here, before the folder is touched
     work = begin("data", cfg, run_dir, resume=False)
     write_jsonl(work.dir / "prefs.jsonl", (p.to_json() for p in pairs["train"]))
     write_jsonl(work.dir / "heldout.jsonl", (p.to_json() for p in pairs["heldout"]))

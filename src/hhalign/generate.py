@@ -5,7 +5,7 @@
 
     rows = answer_file("facebook/opt-350m", Path("harmful.json"), Path("base_harmful.json"), GenerateSection())
 
-Two protocols (``GenerateSection.protocol``):
+Three protocols (``GenerateSection.protocol``):
 
 - ``paper``: the study's evaluation exactly. The prompt goes in as given (it ends with a Human
   turn, no "Assistant:" cue), greedy decoding, at most 50 new tokens, the response is the decoded
@@ -25,6 +25,9 @@ Two protocols (``GenerateSection.protocol``):
   and values, without computing long runs of pads.
 - ``chat``: the prompt gets "\\n\\nAssistant:" appended, generation of a row stops at the next
   "\\n\\nHuman:" (``stop_strings``, per row), and the response is the assistant's words alone.
+- ``template``: for a model with a chat template (an instruct model): the prompt's Human/Assistant turns
+  go through the tokenizer's chat template with its assistant cue (``template_prompt``), generation stops
+  at the template's end-of-turn token, and the response is the assistant's words.
 
 Each output row is ``{"prompt", "response", "n_prompt_tokens", "n_new_tokens", "finish_reason"}``,
 in prompt order; ``finish_reason`` is "eos" (the model ended), "stop" (it began a Human turn) or
@@ -50,6 +53,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hhalign.artifacts import write_json
 from hhalign.config import PROMPT_SETS, TINY, GenerateSection, RunConfig
+from hhalign.convert import model_input
+from hhalign.errors import UserError
+from hhalign.formats import prompt_messages
 from hhalign.modeling import load_causal_lm, pick_device, resolve_dtype
 from hhalign.prompts import load_prompts
 from hhalign.stages import VARIANT_STAGE, Input, begin, stage_dir
@@ -81,6 +87,25 @@ def with_assistant_cue(prompt: str) -> str:
     return prompt if prompt.endswith(ASSISTANT_CUE.strip()) else prompt + ASSISTANT_CUE
 
 
+def template_prompt(prompt: str, tok: PreTrainedTokenizerBase) -> str:
+    """The template protocol's model input: the prompt's turns (an HH dialogue "Human: ...\\n\\nAssistant: ...";
+    any other text is one user turn) through the tokenizer's chat template, ending with its assistant cue."""
+    if not getattr(tok, "chat_template", None):
+        raise UserError("generate.protocol is 'template' but the model's tokenizer has no chat template: use the "
+                        "paper or chat protocol")
+    turns = [{"role": m.role, "content": m.content} for m in prompt_messages(prompt)]
+    return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def model_text(prompt: str, protocol: str, tok: PreTrainedTokenizerBase) -> str:
+    """What the model reads for ``prompt`` under ``protocol`` (see the module docstring)."""
+    if protocol == "chat":
+        return with_assistant_cue(prompt)
+    if protocol == "template":
+        return template_prompt(prompt, tok)
+    return prompt
+
+
 def cut_at_turn(text: str) -> tuple[str, bool]:
     """The assistant's words in ``text`` (stripped) and whether a Human turn marker cut them."""
     m = _TURN.search(text)
@@ -107,10 +132,10 @@ def generate_responses(
     device = torch.device(device) if device is not None else model.device
     if model.device != device:
         model.to(device)
-    chat = cfg.protocol == "chat"
     if not prompts:
         return []
-    encoded, dropped = zip(*(_encode(tok, with_assistant_cue(p) if chat else p, model, cfg.max_new_tokens) for p in prompts))
+    special = cfg.protocol != "template"  # a chat template writes its own special tokens
+    encoded, dropped = zip(*(_encode(tok, model_text(p, cfg.protocol, tok), model, cfg.max_new_tokens, special) for p in prompts))
     rows: list[dict[str, Any] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc or f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
     # prompts read in groups only where caches can be merged; otherwise one padded pass per batch
@@ -154,11 +179,13 @@ def length_batches(lengths: list[int], max_size: int, overhead: float = math.inf
     return batches[::-1]
 
 
-def _encode(tok: PreTrainedTokenizerBase, text: str, model: PreTrainedModel, max_new_tokens: int) -> tuple[list[int], int]:
+def _encode(tok: PreTrainedTokenizerBase, text: str, model: PreTrainedModel, max_new_tokens: int,
+            special: bool = True) -> tuple[list[int], int]:
     """(token ids as ``tok(text)`` gives them, how many were dropped): the oldest tokens go if prompt + budget
     overflow the model's positions. (The study's loop would crash there instead: OPT has no position embedding
     past its last.)"""
-    ids = tok(text, verbose=False)["input_ids"]  # over-long prompts are cut here, so the library's warning is moot
+    # over-long prompts are cut here, so the library's "sequence length is longer" warning is moot
+    ids = tok(text, add_special_tokens=special, verbose=False)["input_ids"]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is None or len(ids) + max_new_tokens <= limit:
         return ids, 0
@@ -300,7 +327,7 @@ def _study_loop(
 def variant_model(variant: str, cfg: RunConfig, run_dir: Path) -> Input:
     """The model a variant answers with: the base model as configured, else the stage's model/ folder."""
     if variant == "base" and cfg.model.name_or_path != TINY:
-        return Input(cfg.model.name_or_path, "model", "--set model.name_or_path=DIR")
+        return model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
     return Input(str(stage_dir(run_dir, VARIANT_STAGE[variant]) / "model"))
 
 

@@ -33,7 +33,8 @@ from transformers import (
 
 from hhalign.config import TinyModelSection
 from hhalign.errors import ModelLoadError
-from hhalign.sources import check_model, is_adapter_dir, looks_local_model
+from hhalign.convert import cached
+from hhalign.sources import check_model, is_adapter_dir, is_gguf, looks_local_model, resolve
 
 # OPT's special-token layout: <s>=0, <pad>=1, </s>=2 (bos and eos), <unk>=3.
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -204,8 +205,16 @@ def _load_error(name_or_path: str, what: str, err: Exception) -> ModelLoadError:
                           "DIR instead.")
 
 
+def local_folder(name_or_path: str) -> str:
+    """A model reference as transformers can load it: a ``pkg:`` path resolved, a .gguf file converted (once, into
+    the user cache; a run converts its own into its convert stage), anything else as it is."""
+    ref = resolve(name_or_path)
+    return str(cached(ref)) if is_gguf(ref) else ref
+
+
 def load_tokenizer(name_or_path: str, pad_token: str = "eos", padding_side: str = "right") -> PreTrainedTokenizerBase:
     check_model(name_or_path, "tokenizer")
+    name_or_path = local_folder(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as e:
@@ -230,6 +239,7 @@ def load_causal_lm(
     base by PEFT's AutoPeftModelForCausalLM and merged, so generation runs at the base model's speed.
     """
     check_model(name_or_path)
+    name_or_path = local_folder(name_or_path)
     try:
         if is_adapter_dir(name_or_path):
             from peft import AutoPeftModelForCausalLM
@@ -256,12 +266,19 @@ def _adapter_base(adapter_dir: str) -> str:
 
 
 def load_reward_model(
-    name_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    name_or_path: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+    num_labels: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A sequence-classification reward model (score = logits[0]) and its tokenizer, weights in ``dtype``."""
+    """A sequence-classification reward model (score = logits[0]) and its tokenizer, weights in ``dtype``.
+    ``num_labels=1`` makes a fresh one-output head on a backbone (a base encoder or causal LM) that has none."""
     check_model(name_or_path, "reward model")
+    if is_gguf(resolve(name_or_path)):
+        raise ModelLoadError(f"'{name_or_path}' is a GGUF file, which holds a causal LM, not a reward model: train a judge on "
+                             "it (rm.enabled: true, rm.model: this file) and score with it (score.reward_model: rm)")
+    name_or_path = resolve(name_or_path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
+        labels = {"num_labels": num_labels} if num_labels else {}
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype, **labels)
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as e:
         raise _load_error(name_or_path, "reward model", e) from e

@@ -17,7 +17,7 @@ from hhalign import formats
 from hhalign.config import DataSection
 from hhalign.errors import DataError
 from hhalign.formats import Renderer, RowError
-from hhalign.hh import split_prompt
+from hhalign.hh import parse_hh_dialogue, split_prompt
 from hhalign.readers import RawRow, read_single
 
 # Reasons an HH row is skipped, in the order they are checked (other formats: formats.SKIP_REASONS).
@@ -33,9 +33,19 @@ class Pair:
     rejected: str
     subset: str
     line: int
+    turns: list[dict[str, str]] | None = None  # the prompt's turns, when it was rendered through a chat template
 
     def to_json(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "subset": self.subset, "line": self.line}
+        out = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "subset": self.subset, "line": self.line}
+        return out | ({"turns": self.turns} if self.turns else {})
+
+
+def template_pair(pair: Pair, renderer: Renderer) -> Pair:
+    """An HH-RLHF pair (the study's text) rendered through the model's chat template instead: the prompt's turns,
+    then each reply as the assistant's turn. RowError("render_failed") when the template refuses the turns."""
+    turns = [m for m in parse_hh_dialogue(pair.prompt) if m.content or m.role != "assistant"]  # drop the final cue
+    prompt, chosen, rejected = renderer.render(formats.Conversation(turns, pair.chosen.strip(), pair.rejected.strip()))
+    return Pair(prompt, chosen, rejected, pair.subset, pair.line, [{"role": m.role, "content": m.content} for m in turns])
 
 
 @dataclass

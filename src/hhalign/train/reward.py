@@ -16,6 +16,7 @@ from typing import Any
 from datasets import Dataset
 
 from hhalign.config import TINY, RunConfig
+from hhalign.convert import model_input
 from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
 from hhalign.stages import Input
 from hhalign.train.common import (
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
-    backbone = {} if cfg.rm.model == TINY else {"backbone": Input(cfg.rm.model, "model", "--set rm.model=DIR")}
+    backbone = {} if cfg.rm.model == TINY else {"backbone": model_input(cfg.rm.model, run_dir, "--set rm.model=DIR")}
     return {**pair_inputs(run_dir), **backbone}
 
 
