@@ -172,3 +172,45 @@ def test_cli_data_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     out = capsys.readouterr().out
     assert "data: 12 rows read" in out and "invalid_json 1" in out and "not_utf8 1" in out
+
+
+def test_hh_rows_through_a_chat_template(tmp_path: Path, hh_dir: Path, tiny_lm_dir: Path) -> None:
+    """data.render: chat_template renders the study's HH dialogues through the model's template, keeps their
+    turns (for trimming) and their study text (for the judge); eval prompts stay the study's text."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from hhalign.train.common import fit_prompt
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_lm_dir, model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = ("{% for m in messages %}{{ '<u>' if m['role'] == 'user' else '<a>' }}{{ m['content'] }}</s>"
+                         "{% endfor %}{% if add_generation_prompt %}<a>{% endif %}")
+    tok.save_pretrained(model)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", overrides=[
+        f"output_dir={tmp_path}", f"data.source={hh_dir}", "data.max_train_rows=30", "data.heldout_rows=10", "data.eval_size=5",
+        f"data.helpful_prompts_file={hh_dir.parent / 'paper' / 'prompts' / 'helpful_prompts.json'}",
+        f"model.name_or_path={model}", "data.render=chat_template", "rm.enabled=false",
+        "score.reward_model=OpenAssistant/reward-model-deberta-v3-large-v2"])
+    data_run(cfg, cfg.run_dir)
+    rows = read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl")
+    originals = {r["chosen"] for r in _hh_chosen(hh_dir)}
+    for row in rows:
+        assert row["prompt"].startswith("<u>") and row["prompt"].endswith("<a>") and row["chosen"].endswith("</s>")
+        assert row["source"]["prompt"] + row["source"]["chosen"] in originals
+        assert [t["role"] for t in row["turns"]][-1] == "user"
+    prompts = json.loads((cfg.run_dir / "01_data" / "prompts" / "harmful.json").read_text())
+    assert all(p.startswith("Human:") for p in prompts)  # the protocol puts them to the model, not the data stage
+    # an over-long prompt loses its oldest turns, re-rendered through the template
+    long = next(r for r in rows if len(r["turns"]) >= 3)
+    limit = len(tok(long["prompt"] + long["chosen"])["input_ids"]) - 1
+    trimmed, status = fit_prompt(long["prompt"], [long["chosen"]], tok, limit, long["turns"])
+    assert status == "trimmed" and trimmed.endswith("<a>") and trimmed.startswith("<u>") and len(trimmed) < len(long["prompt"])
+    assert trimmed in long["prompt"]  # the latest turns, rendered the same way
+
+
+def _hh_chosen(hh_dir: Path) -> list[dict]:
+    with gzip.open(hh_dir / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]

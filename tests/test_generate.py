@@ -340,3 +340,23 @@ def test_merged_prompt_caches_work_beyond_opt_and_fall_back_where_they_cannot(lm
         want = _study_loop(model, tok, PROMPTS, max_new_tokens=20)
         assert [r["response"] for r in generate_responses(model, tok, PROMPTS, cfg, progress=False)] == want
         assert bool(prefills) is merges, type(model).__name__
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<u>' if m['role'] == 'user' else '<a>' }}{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<a>{% endif %}")
+
+
+def test_template_protocol_puts_the_turns_through_the_chat_template(tiny_lm_dir: Path) -> None:
+    from hhalign.errors import UserError
+    from hhalign.generate import template_prompt
+
+    model, tok = load_causal_lm(str(tiny_lm_dir))
+    tok.chat_template = CHAT_TEMPLATE
+    prompt = "Human: hi there\n\nAssistant: hello\n\nHuman: how are you?"
+    text = template_prompt(prompt, tok)
+    assert text == "<u>hi there</s><a>hello</s><u>how are you?</s><a>"
+    rows = generate_responses(model, tok, [prompt], GenerateSection(protocol="template", max_new_tokens=3), device="cpu")
+    assert rows[0]["n_prompt_tokens"] == len(tok(text, add_special_tokens=False)["input_ids"])  # the template's own specials only
+    tok.chat_template = None
+    with pytest.raises(UserError, match="protocol is 'template' but the model's tokenizer has no chat template"):
+        template_prompt(prompt, tok)

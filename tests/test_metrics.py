@@ -321,7 +321,12 @@ def test_reproduces_the_study_table(tmp_path):
     if not PAPER_RESPONSES.is_dir():
         pytest.skip(f"the study's released responses are not at {PAPER_RESPONSES} (../shared/data beside the checkout)")
     m = measure(PAPER_RESPONSES, MetricsSection(bootstrap_samples=2000), json_out=tmp_path / "metrics.json")
-    assert format_table(m).startswith(STUDY_TABLE + "\n\n")
+    text = format_table(m)
+    # the caveats come first: the study's files carry no check of their judge, and 50 prompts make wide intervals
+    assert [c["kind"] for c in m["caveats"]] == ["judge_unchecked", "few_prompts"]
+    assert text.startswith("! The judge was not checked on held-out preference pairs")
+    assert "! 50 prompts per set: a rate near 50% has a 95% interval of about +-13 points" in text
+    assert "\n\n" + STUDY_TABLE + "\n\n" in text
     assert m["missing"] == []
     assert len(m["paired"]) == 12  # 6 pairs of 4 variants, in 2 sets
     base = m["variants"]["base"]

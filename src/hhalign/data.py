@@ -116,8 +116,8 @@ def _templated(pairs: list[Pair], loaded: Loaded, renderer: Renderer) -> list[Pa
     rows the template refuses are skipped as render_failed."""
     out = []
     for p in pairs:
-        if loaded.formats.get(p.subset) != "hh":
-            out.append(p)  # rendered when read
+        if not p.prompt.endswith(ASSISTANT):
+            out.append(p)  # another format, rendered through the template when it was read
             continue
         try:
             out.append(template_pair(p, renderer))
@@ -198,7 +198,8 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     for name in PROMPT_SETS:
         if file := getattr(d, f"{name}_prompts_file"):
             out[f"{name}_prompts"] = Input(file, "prompts")
-    if d.render != "hh" and cfg.model.name_or_path != TINY:  # its tokenizer may render rows
+    renders = d.render == "chat_template" or (d.render == "auto" and data_layout(d) == "single")
+    if renders and cfg.model.name_or_path != TINY:  # the model's tokenizer renders rows through its chat template
         out["model"] = model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
     return out
 

@@ -39,6 +39,7 @@ than crashing the run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import re
@@ -267,7 +268,9 @@ def _prefill(
             continue
         enc = tok.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt").to(device)
         positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        cache = getattr(model(**enc, position_ids=positions, use_cache=True), CACHE)
+        # logits_to_keep=1: the prefill needs the cache, not a (B, T, vocab) tensor of logits for every prompt token
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        cache = getattr(model(**enc, position_ids=positions, use_cache=True, **keep), CACHE)
         for j, i in enumerate(group):
             n = len(rows[j])
             parts[i] = [(layer.keys[j, :, -n:], layer.values[j, :, -n:]) for layer in cache.layers] if n else []

@@ -191,6 +191,24 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# name -> (architecture, a reward model?, the real tokenizer's model_max_length)
+REAL_SHAPES = {"opt-350m": (opt_350m_config, False, 2048), "deberta-v3-large": (deberta_v3_large_config, True, 512)}
+
+
+def save_random_checkpoint(name: str, out_dir: Path, texts: Iterable[str], seed: int = 0) -> Path:
+    """A loadable folder of a real architecture with random weights (``REAL_SHAPES``: opt-350m, the study's policy;
+    deberta-v3-large, its judge's backbone) and a byte-level BPE tokenizer trained on ``texts`` with the real
+    tokenizer's length limit: the same compute and lengths as the real models, without the hub."""
+    make_config, reward, max_length = REAL_SHAPES[name]
+    tok = train_tokenizer(texts, vocab_size=8000, kind="classifier" if reward else "causal")
+    tok.model_max_length = max_length
+    model = build_random(make_config(), reward=reward, seed=seed)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
 # ----------------------------------------------------------------------------- loading
 
 

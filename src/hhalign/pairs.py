@@ -34,10 +34,11 @@ class Pair:
     subset: str
     line: int
     turns: list[dict[str, str]] | None = None  # the prompt's turns, when it was rendered through a chat template
+    source: dict[str, str] | None = None  # then also the study's text of the pair, which a judge reads
 
     def to_json(self) -> dict[str, Any]:
         out = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "subset": self.subset, "line": self.line}
-        return out | ({"turns": self.turns} if self.turns else {})
+        return out | ({"turns": self.turns, "source": self.source} if self.turns else {})
 
 
 def template_pair(pair: Pair, renderer: Renderer) -> Pair:
@@ -45,7 +46,8 @@ def template_pair(pair: Pair, renderer: Renderer) -> Pair:
     then each reply as the assistant's turn. RowError("render_failed") when the template refuses the turns."""
     turns = [m for m in parse_hh_dialogue(pair.prompt) if m.content or m.role != "assistant"]  # drop the final cue
     prompt, chosen, rejected = renderer.render(formats.Conversation(turns, pair.chosen.strip(), pair.rejected.strip()))
-    return Pair(prompt, chosen, rejected, pair.subset, pair.line, [{"role": m.role, "content": m.content} for m in turns])
+    return Pair(prompt, chosen, rejected, pair.subset, pair.line, [{"role": m.role, "content": m.content} for m in turns],
+                {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected})
 
 
 @dataclass

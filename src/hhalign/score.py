@@ -33,7 +33,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from hhalign.artifacts import write_json
+from hhalign.artifacts import read_jsonl, write_json
+from hhalign.judge import JUDGE_FILE
+from hhalign.judge import summary as judge_summary
 from hhalign.config import RUN_RM, RunConfig, ScoreSection
 from hhalign.generate import length_batches
 from hhalign.modeling import load_reward_model, pick_device, resolve_dtype
@@ -96,14 +98,20 @@ def _score_one_at_a_time(model: PreTrainedModel, tok: PreTrainedTokenizerBase, p
     return scores
 
 
-def rate_files(reward_model: str | Path, paths: list[Path], cfg: ScoreSection) -> dict[Path, list[float]]:
-    """Rate every entry of every response file in place; returns each file's ratings in entry order."""
+def load_judge(reward_model: str | Path, cfg: ScoreSection) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
+    dev = pick_device(cfg.device)
+    model, tok = load_reward_model(str(reward_model), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
+    return model, tok, dev
+
+
+def rate_files(reward_model: str | Path, paths: list[Path], cfg: ScoreSection, judge: tuple | None = None) -> dict[Path, list[float]]:
+    """Rate every entry of every response file in place; returns each file's ratings in entry order. ``judge``:
+    an already loaded (model, tokenizer, device)."""
     paths = list(dict.fromkeys(Path(p) for p in paths))
     # --- check every file before any work: a bad third file must not leave the first two rated
     entries = {p: load_responses(p) for p in paths}
     # --- load once, score and rewrite file by file
-    dev = pick_device(cfg.device)
-    model, tok = load_reward_model(str(reward_model), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
+    model, tok, dev = judge or load_judge(reward_model, cfg)
     ratings: dict[Path, list[float]] = {}
     for p in paths:
         rows = entries[p]
@@ -131,11 +139,13 @@ def judge(cfg: RunConfig, run_dir: Path) -> Input:
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     gen = stage_dir(run_dir, "generate")
     files = sorted(p for p in gen.glob("*.json") if parse_response_filename(p.name)) if gen.is_dir() else []
-    return {f"responses/{p.name}": Input(str(p)) for p in files} | {"reward_model": judge(cfg, run_dir)}
+    check = {"heldout": Input(str(stage_dir(run_dir, "data") / "heldout.jsonl"))} if cfg.score.judge_pairs else {}
+    return {f"responses/{p.name}": Input(str(p)) for p in files} | {"reward_model": judge(cfg, run_dir)} | check
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
-    """Copy 07_generate's response files into 08_score and rate them there; a resumed stage keeps rated files."""
+    """Copy 07_generate's response files into 08_score and rate them there (a resumed stage keeps rated files);
+    then check the same judge on held-out pairs (judge.json)."""
     work = begin("score", cfg, run_dir, resume=resume)
     names = [n.split("/", 1)[1] for n in work.inputs if n.startswith("responses/")]
     todo = []
@@ -147,8 +157,27 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
         os.replace(work.dir / f".{name}.copy", out)
         todo.append(out)
     rm = work.inputs["reward_model"].ref
-    ratings = rate_files(rm, todo, cfg.score) if todo else {}
+    loaded = load_judge(rm, cfg.score)
+    ratings = rate_files(rm, todo, cfg.score, judge=loaded)
+    verdict = {"reward_model": rm, **_check_judge(work, cfg, loaded, names)}
+    write_json(work.dir / JUDGE_FILE, verdict)
     summary = f"score: {len(todo)} files rated by {rm}" + (f", {len(names) - len(todo)} kept from before" if len(todo) < len(names) else "")
     log.info(summary)
-    return work.finish(names, extra={"summary": summary, "reward_model": rm, "dtype": cfg.score.dtype,
-                                     "pairs": sum(len(r) for r in ratings.values())})
+    (log.warning if verdict["at_chance"] else log.info)(judge_summary(verdict, rm))
+    return work.finish([*names, JUDGE_FILE], extra={"summary": summary, "reward_model": rm, "dtype": cfg.score.dtype,
+                                                    "pairs": sum(len(r) for r in ratings.values()),
+                                                    "judge_accuracy": verdict.get("pairwise_accuracy")})
+
+
+def _check_judge(work: Any, cfg: RunConfig, loaded: tuple, names: list[str]) -> dict[str, Any]:
+    """judge.check on the first score.judge_pairs held-out pairs, and the spread of its ratings per prompt set."""
+    from hhalign.judge import check, distribution
+
+    model, tok, dev = loaded
+    rows = read_jsonl(work.inputs["heldout"].ref)[: cfg.score.judge_pairs] if "heldout" in work.inputs else []
+    verdict = check(model, tok, rows, cfg.score.batch_size, dev)
+    by_set: dict[str, list[float]] = {}
+    for name in names:
+        key = parse_response_filename(name)
+        by_set.setdefault(key[1], []).extend(e["rating"] for e in load_responses(work.dir / name))
+    return {**verdict, "response_ratings": {s: distribution(r) for s, r in by_set.items()}}

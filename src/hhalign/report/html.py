@@ -24,8 +24,10 @@ from typing import Any
 
 from hhalign.config import PROMPT_SETS
 from hhalign.report.markdown import (
+    SECTION_TITLES,
     Report,
     Table,
+    caveat_texts,
     missing_text,
     numeric_columns,
     tables,
@@ -36,10 +38,6 @@ from hhalign.report.plots import SET_POSITIVE, label, variant_colors, variant_or
 _NEGATIVE = {"harmful": "harmful", "helpful": "unhelpful"}
 _PLACEHOLDER = re.compile(r"__HHALIGN_(CSP|TITLE|BODY|DATA)__")
 _SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
-_SECTION_TITLES = {
-    "results": "Results", "paired": "Paired tests", "hygiene": "Judge hygiene", "data": "Data",
-    "run": "Run settings and versions",
-}
 
 
 def esc(text: Any) -> str:
@@ -129,21 +127,23 @@ def _figures_html(report: Report) -> str:
 
 def render_body(report: Report) -> str:
     sections = tables(report)
-    nav = [("results", "Results"), ("figures", "Figures"), ("paired", "Paired tests"), ("hygiene", "Judge hygiene"),
-           ("data", "Data"), ("run", "Run"), ("viewer", "Responses")]
+    nav = [("results", "Results"), ("judge", "The judge"), ("figures", "Figures"), ("paired", "Paired tests"),
+           ("hygiene", "Judge hygiene"), ("data", "Data"), ("run", "Run"), ("viewer", "Responses")]
     have = set(sections) | ({"figures"} if report.figures else set()) | {"viewer"}
     out = [f"<h1>hhalign report: {esc(report.title)}</h1>", f'<p class="meta">Source: {esc(report.source)}</p>']
     if thresholds_text(report.metrics):
         out.append(f'<p class="meta">{esc(thresholds_text(report.metrics))}</p>')
+    for text in caveat_texts(report):
+        out.append(f'<div class="caveat" role="alert"><strong>{esc(text)}</strong></div>')
     if report.missing:
         out.append(f'<div class="missing" id="missing" role="note"><strong>{esc(missing_text(report.missing))}</strong></div>')
     out.append('<nav class="toc">' + "".join(f'<a href="#{k}">{t}</a>' for k, t in nav if k in have) + "</nav>")
-    for name in ("results", "figures", "paired", "hygiene", "data", "run"):
+    for name in ("results", "judge", "figures", "paired", "hygiene", "data", "run"):
         if name == "figures":
             out.append(_figures_html(report))
         elif name in sections:
             body = "\n".join(html_table(t) for t in sections[name])
-            out.append(f'<section id="{name}"><h2>{_SECTION_TITLES[name]}</h2>\n{body}</section>')
+            out.append(f'<section id="{name}"><h2>{SECTION_TITLES[name]}</h2>\n{body}</section>')
     return "\n".join(o for o in out if o)
 
 

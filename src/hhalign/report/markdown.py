@@ -197,6 +197,34 @@ def hygiene_table(report: Report) -> Table:
     )
 
 
+def judge_tables(report: Report) -> list[Table]:
+    """The judge's check on held-out pairs (accuracy with its interval, the verdict) and how its ratings spread."""
+    j = report.metrics.get("judge")
+    if not isinstance(j, dict) or not j.get("pairs"):
+        return []
+    acc, ci = j.get("pairwise_accuracy"), j.get("ci95")
+    verdict = "AT CHANCE: the rates carry no meaning" if j.get("at_chance") else "better than chance"
+    check = Table(
+        "How far to trust the judge",
+        ["reward model", "held-out pairs", "pairwise accuracy % (Wilson 95%)", "ties", "mean margin (chosen − rejected)", "verdict"],
+        [[str(j.get("reward_model", "")), fmt_int(j["pairs"]), fmt_ci(100 * acc if acc is not None else None, ci),
+          fmt_int(j.get("ties")), fmt_num(j.get("mean_margin"), 3), verdict]],
+        "Pairwise accuracy: the share of held-out preference pairs (no stage trained on them) where the judge rates the "
+        "human-chosen reply above the rejected one; a coin scores 50%. Every rate in this report comes from this judge's "
+        "ratings, so its accuracy bounds what they can show.",
+    )
+    spread = [("held-out chosen replies", (j.get("heldout_ratings") or {}).get("chosen")),
+              ("held-out rejected replies", (j.get("heldout_ratings") or {}).get("rejected")),
+              *((f"responses to {s} prompts", d) for s, d in (j.get("response_ratings") or {}).items())]
+    keys = ("n", "mean", "p10", "median", "p90", "min", "max")
+    rows = [[name, *(fmt_int(d.get(k)) if k == "n" else fmt_num(d.get(k), 2) for k in keys)] for name, d in spread if d]
+    return [check, Table("The judge's ratings", ["ratings of", "n", "mean", "10th pct", "median", "90th pct", "min", "max"], rows)]
+
+
+def caveat_texts(report: Report) -> list[str]:
+    return [str(c.get("text", "")) for c in report.metrics.get("caveats") or [] if isinstance(c, dict)]
+
+
 def kv_table(title: str, obj: dict[str, Any], note: str = "") -> Table:
     pairs = flatten(obj)
     if len(pairs) > _MAX_KV_ROWS:
@@ -222,6 +250,7 @@ def tables(report: Report) -> dict[str, list[Table]]:
     out: dict[str, list[Table]] = {}
     if report.metrics.get("variants"):
         out["results"] = [study_table(report), exact_table(report)]
+        out["judge"] = judge_tables(report)
         out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
         out["hygiene"] = [hygiene_table(report)]
     if isinstance(report.data_report, dict):
@@ -287,25 +316,28 @@ def md_table(t: Table) -> str:
     return "\n".join(lines)
 
 
-_SECTION_TITLES = {
-    "results": "Results", "paired": "Paired tests", "figures": "Figures", "hygiene": "Judge hygiene",
+SECTION_TITLES = {
+    "results": "Results", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "hygiene": "Judge hygiene",
     "data": "Data", "run": "Run settings and versions",
 }
+ORDER = ("results", "judge", "paired", "figures", "hygiene", "data", "run")
 
 
 def render_markdown(report: Report, figure_format: str = "png") -> str:
     out = [f"# hhalign report: {md_escape(report.title)}", "", f"Source: {md_escape(report.source)}", ""]
     if thresholds_text(report.metrics):
         out += [thresholds_text(report.metrics), ""]  # numbers only
+    for text in caveat_texts(report):
+        out += [f"> **{md_escape(text)}**", ""]
     if report.missing:
         out += [f"> **{md_escape(missing_text(report.missing))}**", ""]
     sections = tables(report)
-    for name in ("results", "paired", "figures", "hygiene", "data", "run"):
+    for name in ORDER:
         if name == "figures":
             out += _md_figures(report, figure_format)
             continue
         if name in sections:
-            out += [f"## {_SECTION_TITLES[name]}", ""] + [md_table(t) for t in sections[name]]
+            out += [f"## {SECTION_TITLES[name]}", ""] + [md_table(t) for t in sections[name]]
     return "\n".join(out).rstrip() + "\n"
 
 

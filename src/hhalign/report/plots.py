@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure
 
 from hhalign.artifacts import atomic_write_bytes
@@ -229,10 +230,46 @@ def fig_sweep(metrics: dict[str, Any], prompt_set: str) -> Figure | None:
     return fig
 
 
+def fig_judge(metrics: dict[str, Any]) -> Figure | None:
+    """The judge's ratings of held-out chosen and rejected replies: how far apart it puts them."""
+    j = metrics.get("judge") or {}
+    chosen, rejected = j.get("chosen_ratings") or [], j.get("rejected_ratings") or []
+    if not chosen or not rejected:
+        return None
+    fig, (ax,) = _figure(7.5, 4.2)
+    both = chosen + rejected
+    bins = np.linspace(min(both), max(both), 31) if max(both) > min(both) else 10
+    ax.hist(chosen, bins=bins, alpha=0.6, color="#009E73", label=f"chosen replies (mean {np.mean(chosen):.2f})")
+    ax.hist(rejected, bins=bins, alpha=0.6, color="#D55E00", label=f"rejected replies (mean {np.mean(rejected):.2f})")
+    for s, style in zip(PROMPT_SETS, ("--", ":")):
+        th = (metrics.get("thresholds") or {}).get(s)
+        if isinstance(th, (int, float)):
+            ax.axvline(th, color="#C00000", linestyle=style, linewidth=1, label=f"{s}-set threshold {th:g}")
+    acc, ci = j.get("pairwise_accuracy"), j.get("ci95") or [float("nan")] * 2
+    verdict = "AT CHANCE" if j.get("at_chance") else "better than chance"
+    ax.set_title(f"The judge on {j.get('pairs')} held-out pairs no stage trained on\n"
+                 f"chosen rated above rejected in {100 * acc:.0f}% (95% interval {ci[0]:.0f} to {ci[1]:.0f}%: {verdict})")
+    ax.set_xlabel("judge rating")
+    ax.set_ylabel("pairs")
+    ax.legend(frameon=False, fontsize=9)
+    return fig
+
+
+def _caveat(fig: Figure, metrics: dict[str, Any]) -> None:
+    """Write what the numbers cannot mean (toy models, a judge at chance, few prompts) on the figure itself."""
+    shorts = [str(c["short"]) for c in metrics.get("caveats") or [] if isinstance(c, dict) and c.get("short")]
+    if shorts:
+        title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        fig.suptitle("\n".join([*([title] if title else []), "; ".join(shorts)]), color="#B00020", fontsize=9)
+
+
 def make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tuple[str, Figure]]:
-    """name -> (caption, figure) for every figure there is data for, in report order."""
+    """name -> (caption, figure) for every figure there is data for, in report order; each carries the caveats."""
     with matplotlib.rc_context(STYLE):
-        return _make_figures(metrics, data)
+        figs = _make_figures(metrics, data)
+        for _, fig in figs.values():
+            _caveat(fig, metrics)
+        return figs
 
 
 def _make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tuple[str, Figure]]:
@@ -248,6 +285,8 @@ def _make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tu
     for s in PROMPT_SETS:
         figs[f"threshold_sweep_{s}"] = (
             f"{SET_RATE[s]} as the {s}-set threshold moves; dashed: the chosen threshold.", fig_sweep(metrics, s))
+    figs["judge"] = ("The judge's ratings of held-out chosen and rejected replies (pairs no stage trained on); "
+                     "dashed: the thresholds.", fig_judge(metrics))
     return {name: (cap, fig) for name, (cap, fig) in figs.items() if fig is not None}
 
 

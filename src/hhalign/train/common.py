@@ -47,11 +47,12 @@ def base_model(cfg: RunConfig, run_dir: Path) -> Input:
     return model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
 
 
-def load_rows(work: StageRun, name: str) -> list[dict[str, Any]]:
+def load_rows(work: StageRun, name: str, section: TrainSection | None = None) -> list[dict[str, Any]]:
+    """The training pairs ("prefs") or the held-out ones ("heldout", the first ``section.heldout_pairs``)."""
     rows = read_jsonl(work.inputs[name].ref)
     if name == "prefs" and not rows:
         raise TrainingError(f"{work.inputs[name].ref} has no usable rows: check data_report.json for why rows were skipped")
-    return rows
+    return rows[: section.heldout_pairs] if section is not None and name == "heldout" else rows
 
 
 def begin_training(name: str, cfg: RunConfig, run_dir: Path, resume: bool, given: dict[str, Input] | None = None) -> StageRun:
@@ -200,8 +201,10 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
             input_ids[i, : len(x)] = torch.tensor(x)
             attn[i, : len(x)] = 1
             lmask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float()  # (B, T, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()  # (B, T-1, V)
+        # log p(token) = logit(token) - logsumexp(logits): no second (B, T, V) tensor, as log_softmax would make
+        target = input_ids[:, 1:].to(device).unsqueeze(-1)  # (B, T-1, 1)
+        logp = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, T-1)
         m = lmask[:, 1:].to(device)
         for i in range(len(batch)):
             out.append((float(logp[i][m[i]].sum()), int(m[i].sum())))
@@ -241,13 +244,22 @@ def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
     state.wait_for_everyone()
 
 
-def finish_training(work: StageRun, report: dict[str, Any], outputs: list[str]) -> dict[str, Any] | None:
-    """train_report.json, then manifest.json (last), then drop the checkpoints; main process only."""
+def precision(args: Any) -> str:
+    """What the trainer computed in: bf16 or fp16 autocast (mixed precision, on a GPU or a CPU), or fp32."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def finish_training(work: StageRun, report: dict[str, Any], outputs: list[str], trainer: Any = None) -> dict[str, Any] | None:
+    """train_report.json (with the trainer's precision and log), then manifest.json (last), then drop the
+    checkpoints; main process only."""
     if not work.main:
         return None
+    if trainer is not None:
+        report.update(precision=precision(trainer.args), log_history=log_history(trainer))
     report["wall_seconds"] = round(time.time() - work.started, 2)
     write_json(work.dir / "train_report.json", report)
-    manifest = work.finish([*outputs, "train_report.json"], extra={"summary": report.get("summary", "")})
+    manifest = work.finish([*outputs, "train_report.json"], extra={"summary": report.get("summary", ""),
+                                                                   "precision": report.get("precision", "fp32")})
     shutil.rmtree(work.dir / "checkpoints", ignore_errors=True)
     return manifest
 

@@ -32,7 +32,6 @@ from hhalign.train.common import (
     fit_rows,
     last_checkpoint,
     load_rows,
-    log_history,
     pair_inputs,
     save_model_atomically,
     trl_args,
@@ -85,7 +84,7 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, given: dict[s
     max_length = cfg.dpo.args.get("max_length", 1024)
     fit = dict(tok=tok, max_length=max_length, keep=cfg.dpo.keep_responses, keys=("chosen", "rejected"))
     rows, lengths = fit_rows(load_rows(work, "prefs"), **fit)
-    heldout, _ = fit_rows(load_rows(work, "heldout"), **fit)
+    heldout, _ = fit_rows(load_rows(work, "heldout", cfg.dpo), **fit)
     # --- model: TRL wraps it in the LoRA adapter; the reference is the same weights with the adapter disabled
     lora = library_class("dpo.lora")(task_type="CAUSAL_LM", **cfg.dpo.lora.args)
     trainer = DPOTrainer(model=model, args=trl_args(stage, cfg.dpo, work.dir, cfg.seed), train_dataset=_pairs(rows),
@@ -105,14 +104,14 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, given: dict[s
         "beta": cfg.dpo.args.get("beta", 0.1), "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths,
         "before": before, "after": after,
         "parameters": {"lora_tensors": len(lora_before), "lora_changed": len(lora_before) - len(unchanged), "lora_unchanged": unchanged},
-        "reference": "adapter disabled" if trainer.ref_model is None else "separate copy", "log_history": log_history(trainer),
+        "reference": "adapter disabled" if trainer.ref_model is None else "separate copy",
         "summary": f"{stage}: " + (f"held-out implicit-reward margin {before['implicit_reward_margin']:.4f} -> "
                                    f"{after['implicit_reward_margin']:.4f}, accuracy {before['implicit_reward_accuracy']:.2f} -> "
                                    f"{after['implicit_reward_accuracy']:.2f}; " if heldout else "no held-out pairs; ")
                    + f"{lengths['would_lose_response_tokens']} rows over max_length",
     }
     log.info(report["summary"])
-    return finish_training(work, report, ["adapter", "model"])
+    return finish_training(work, report, ["adapter", "model"], trainer)
 
 
 def _save(trainer: Any, tok: Any, work: StageRun) -> None:

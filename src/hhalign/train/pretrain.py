@@ -23,7 +23,6 @@ from hhalign.train.common import (
     heldout_nll,
     last_checkpoint,
     load_rows,
-    log_history,
     pair_inputs,
     save_model_atomically,
     trl_args,
@@ -41,7 +40,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
 
     work = begin_training("pretrain", cfg, run_dir, resume)
     # --- inputs
-    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout")
+    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.pretrain)
     texts = [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")][: cfg.pretrain.max_rows]
     # --- model: the tokenizer is trained on the training texts only, so held-out rows stay unseen
     tok = train_tokenizer(texts, vocab_size=cfg.model.tiny.vocab_size)
@@ -51,13 +50,13 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     report: dict[str, Any] = {"stage": "pretrain", "params": sum(p.numel() for p in model.parameters()),
                               "texts": len(texts), "heldout_pairs": len(heldout)}
     # --- train
+    trainer = None
     if cfg.pretrain.enabled:
         model.train()
         args = trl_args("pretrain", cfg.pretrain, work.dir, cfg.seed, dataset_text_field="text")
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok,
                              callbacks=[StopOnInterrupt()])
         trainer.train(resume_from_checkpoint=last_checkpoint(work))
-        report["log_history"] = log_history(trainer)
         save_model_atomically(trainer, tok, work.dir / "model")
     elif work.main:
         with atomic_dir(work.dir / "model") as tmp:
@@ -68,4 +67,4 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     report.update(heldout_nll_chosen={"before": before, "after": after},
                   summary=f"pretrain: held-out NLL of chosen responses {before:.3f} -> {after:.3f}")
     log.info(report["summary"])
-    return finish_training(work, report, ["model"])
+    return finish_training(work, report, ["model"], trainer)

@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from hhalign.config import TINY, RunConfig
 from hhalign.convert import model_input
+from hhalign.judge import judge_view, pairwise
 from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
 from hhalign.stages import Input
 from hhalign.train.common import (
@@ -25,7 +26,6 @@ from hhalign.train.common import (
     finish_training,
     last_checkpoint,
     load_rows,
-    log_history,
     pair_inputs,
     save_model_atomically,
     trl_args,
@@ -40,39 +40,37 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 
 
 def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, float]:
-    from hhalign.score import score_pairs
-
-    prompts = [r["prompt"] for r in rows]
-    chosen = score_pairs(model, tok, prompts, [r["chosen"] for r in rows], batch_size, progress=False)
-    rejected = score_pairs(model, tok, prompts, [r["rejected"] for r in rows], batch_size, progress=False)
-    n = max(len(rows), 1)
-    return {"pairwise_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
-            "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
+    """The held-out figure: share of pairs the model ranks right, and the mean margin (``hhalign.judge.pairwise``)."""
+    out = pairwise(model, tok, rows, batch_size)
+    return {"pairwise_accuracy": out["pairwise_accuracy"] or 0.0, "mean_margin": out["mean_margin"] or 0.0}
 
 
-def _build(cfg: RunConfig, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+def _build(cfg: RunConfig, rows: list[dict[str, Any]], work: Any) -> tuple[Any, Any]:
     if cfg.rm.model == TINY:
-        tok = train_tokenizer([r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")],
-                              vocab_size=cfg.model.tiny.vocab_size, kind="classifier")
+        tok = train_tokenizer([" ".join(judge_view(r)) for r in rows], vocab_size=cfg.model.tiny.vocab_size, kind="classifier")
         tok.model_max_length = cfg.model.tiny.max_positions
         return build_tiny_reward_model(tok, cfg.model.tiny, seed=cfg.seed), tok
-    return load_reward_model(cfg.rm.model)
+    model, tok = load_reward_model(work.inputs["backbone"].ref, num_labels=1)  # a fresh one-output head
+    if cfg.rm.args.get("max_length"):  # saved with the tokenizer: scoring's tokenizer(prompt, response, truncation=True) keeps it
+        tok.model_max_length = cfg.rm.args["max_length"]
+    return model, tok
 
 
 def _encode(tok: Any, rows: list[dict[str, Any]], max_length: int) -> Dataset:
+    """Each pair as scoring reads it: tokenizer(prompt, reply, truncation=True), the study's text (``judge_view``)."""
     def ids(prompt: str, response: str) -> list[int]:
         return tok(prompt, response, truncation=True, max_length=max_length)["input_ids"]
 
-    return Dataset.from_dict({"chosen_ids": [ids(r["prompt"], r["chosen"]) for r in rows],
-                              "rejected_ids": [ids(r["prompt"], r["rejected"]) for r in rows]})
+    views = [judge_view(r) for r in rows]
+    return Dataset.from_dict({"chosen_ids": [ids(p, c) for p, c, _ in views], "rejected_ids": [ids(p, r) for p, _, r in views]})
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
     from trl import RewardTrainer
 
     work = begin_training("rm", cfg, run_dir, resume)
-    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout")
-    model, tok = _build(cfg, rows)
+    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.rm)
+    model, tok = _build(cfg, rows, work)
     max_length = cfg.rm.args.get("max_length") or tok.model_max_length
     before = pairwise_accuracy(model, tok, heldout)
     model.train()
@@ -83,7 +81,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     model.eval()
     after = pairwise_accuracy(model, tok, heldout)
     report = {"stage": "rm", "backbone": cfg.rm.model, "train_pairs": len(rows), "heldout_pairs": len(heldout),
-              "before": before, "after": after, "log_history": log_history(trainer),
+              "before": before, "after": after,
               "summary": f"rm: held-out pairwise accuracy {before['pairwise_accuracy']:.3f} -> {after['pairwise_accuracy']:.3f}"}
     log.info(report["summary"])
-    return finish_training(work, report, ["model"])
+    return finish_training(work, report, ["model"], trainer)

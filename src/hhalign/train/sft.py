@@ -27,7 +27,6 @@ from hhalign.train.common import (
     heldout_nll,
     last_checkpoint,
     load_rows,
-    log_history,
     pair_inputs,
     save_model_atomically,
     trl_args,
@@ -60,11 +59,12 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     work = begin_training("sft", cfg, run_dir, resume)
     # --- inputs
     source = work.inputs["start"].ref
-    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout")
+    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.sft)
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
     check_padding_free(model, cfg.sft.args)
     max_length = cfg.sft.args.get("max_length", 1024)
     rows, lengths = fit_rows(rows, tok, max_length, keep=True, keys=("chosen",))
+    heldout, _ = fit_rows(heldout, tok, max_length, keep=True, keys=("chosen",))  # measured as trained: bounded lengths
     if cfg.sft.loss_on == "all":
         dataset = Dataset.from_dict({"text": [r["prompt"] + r["chosen"] for r in rows]})
         fixed: dict[str, Any] = {"dataset_text_field": "text"}
@@ -82,9 +82,9 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     after = heldout_nll(model, tok, heldout)
     report = {
         "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "train_pairs": len(rows), "heldout_pairs": len(heldout),
-        "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after}, "log_history": log_history(trainer),
+        "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after},
         "summary": f"sft: held-out NLL of chosen responses {before:.3f} -> {after:.3f}; "
                    f"{lengths['prompt_trimmed']} prompts trimmed to keep responses whole, {lengths['still_truncated']} still truncated",
     }
     log.info(report["summary"])
-    return finish_training(work, report, ["model"])
+    return finish_training(work, report, ["model"], trainer)

@@ -1,0 +1,83 @@
+"""How far to trust the judge: its pairwise accuracy on held-out preference pairs, with an interval, and the
+spread of its ratings.
+
+Every rate in the report is computed from the judge's ratings, so a judge that cannot tell the chosen reply of
+a held-out pair from the rejected one more often than a coin makes every rate meaningless, whatever the table
+says. The score stage runs ``check`` on held-out pairs that no stage trained on (01_data/heldout.jsonl) with the
+same reward model that rated the responses, and writes judge.json beside the ratings; the metrics and the
+report carry its verdict. A judge sees a pair as it scores responses: the study's prompt text
+("Human: ...", no trailing cue) and the reply, stripped (``judge_view``), also for a run whose policies were
+trained on chat-template text.
+
+    verdict = check(model, tok, heldout_rows, batch_size=16)   # {"pairwise_accuracy", "ci95", "at_chance", ...}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hhalign.hh import eval_prompt
+from hhalign.stats import wilson_interval
+
+JUDGE_FILE = "judge.json"  # in the score stage's folder: the judge's check on held-out pairs
+
+
+def judge_view(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of a preference row as a judge reads them: the study's text of the pair."""
+    src = row.get("source") or row
+    return eval_prompt(src["prompt"]), src["chosen"].strip(), src["rejected"].strip()
+
+
+def pairwise(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16, device: Any = None,
+             progress: bool = False) -> dict[str, Any]:
+    """The judge's ratings of each pair's chosen and rejected reply; accuracy = share where chosen > rejected
+    (a tie counts as wrong). 3 pairs with margins 0.5, -0.2, 0.0 -> accuracy 1/3."""
+    from hhalign.score import score_pairs
+
+    views = [judge_view(r) for r in rows]
+    prompts = [v[0] for v in views]
+    chosen = score_pairs(model, tok, prompts, [v[1] for v in views], batch_size, device, progress, "judge: chosen")
+    rejected = score_pairs(model, tok, prompts, [v[2] for v in views], batch_size, device, progress, "judge: rejected")
+    margins = np.asarray(chosen) - np.asarray(rejected)
+    n = len(rows)
+    return {"pairs": n, "correct": int(np.sum(margins > 0)), "ties": int(np.sum(margins == 0)),
+            "pairwise_accuracy": float(np.mean(margins > 0)) if n else None,
+            "mean_margin": float(np.mean(margins)) if n else None, "chosen_ratings": chosen, "rejected_ratings": rejected}
+
+
+def distribution(ratings: list[float]) -> dict[str, float | int | None]:
+    """n, mean, std and the 0/10/25/50/75/90/100th percentiles of a list of ratings."""
+    r = np.asarray(ratings, dtype=float)
+    if not r.size:
+        return {"n": 0}
+    qs = np.percentile(r, [0, 10, 25, 50, 75, 90, 100])
+    return {"n": int(r.size), "mean": float(r.mean()), "std": float(r.std(ddof=1)) if r.size > 1 else None,
+            **{k: float(v) for k, v in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), qs)}}
+
+
+def check(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16, device: Any = None) -> dict[str, Any]:
+    """``pairwise`` with a 95% Wilson interval, and the verdict: ``at_chance`` when the interval does not lie above
+    50% (the judge is not shown to rank held-out pairs better than a coin: it includes 50%, or is below it), or
+    when there are no pairs to check."""
+    out = pairwise(model, tok, rows, batch_size, device, progress=True)
+    if not out["pairs"]:
+        return {**out, "ci95": None, "at_chance": True, "note": "no held-out pairs to check the judge on"}
+    lo, hi = wilson_interval(out["correct"], out["pairs"])
+    out.update(ci95=[lo, hi], at_chance=lo <= 50.0,
+               heldout_ratings={"chosen": distribution(out["chosen_ratings"]), "rejected": distribution(out["rejected_ratings"])})
+    return out
+
+
+def summary(verdict: dict[str, Any], name: str) -> str:
+    """One line for the console and the report: the accuracy, its interval, and a plain warning at chance."""
+    if not verdict.get("pairs"):
+        return f"judge {name}: not checked (no held-out pairs); its ratings carry no known meaning"
+    acc, (lo, hi) = 100 * verdict["pairwise_accuracy"], verdict["ci95"]
+    line = (f"judge {name}: pairwise accuracy {acc:.1f}% on {verdict['pairs']} held-out pairs that no stage trained on "
+            f"(95% interval {lo:.1f} to {hi:.1f}%)")
+    if verdict["at_chance"]:
+        line += (". WARNING: the interval does not lie above 50%: this judge is not shown to tell better replies from "
+                 "worse ones better than a coin, so the harmlessness and helpfulness rates it gives carry no meaning")
+    return line

