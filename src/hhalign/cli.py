@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         if st.name == "dpo":
             p.add_argument("--from", dest="from_model", help="start from this model (a path), or 'sft' for this run's SFT model")
 
+    p = sub.add_parser("sweep", help="every combination of some settings, each a run, the stages they share run once; then compare")
+    p.add_argument("config", help=f"{CONFIG_HELP}, or a sweep file (config:, grid:, seeds:)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a swept setting and its values, read as YAML (repeatable: every combination is a point)")
+    p.add_argument("--seeds", help="comma-separated seeds: every point once per seed (the data stage shared)")
+    p.add_argument("--dry-run", action="store_true", help="print the points, what each stage shares, the executions, and exit")
+    _add_config(p, positional=False)
+
+    p = sub.add_parser("compare", help="runs side by side: rates with intervals, paired tests with Holm's correction, figures")
+    p.add_argument("runs", nargs="+", help="run folders (each with its metrics stage done)")
+    p.add_argument("--out", required=True, help="output folder for compare.md, compare.html, compare.json and figures")
+
     p = sub.add_parser("prompts", help="write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)")
     p.add_argument("--data-dir", required=True, help="local HH-RLHF folder, or a hub dataset id")
     p.add_argument("--seed", type=int, default=100, help="random.seed of the draw (the study: 100)")
@@ -222,9 +234,39 @@ def _run(args: argparse.Namespace) -> int:
     return run_pipeline(_load(args), dry_run=args.dry_run, seeds=seeds)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import yaml
+
+    from hhalign.configfile import resolve_preset
+    from hhalign.sweep import build, parse_grid, read_sweep_file, run_sweep
+
+    config, axes, seeds, name = args.config, [], None, None
+    path = Path(args.config)
+    if path.is_file() and isinstance(raw := yaml.safe_load(path.read_text(encoding="utf-8")), dict) and "grid" in raw:
+        config, axes, seeds, name = read_sweep_file(path)
+    else:
+        resolve_preset(args.config)  # a missing config fails here, in one line
+    axes += [parse_grid(g) for g in args.grid]
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    overrides = list(args.overrides) + ([f"data.source={args.data_dir}"] if args.data_dir else [])
+    return run_sweep(build(config, axes, seeds, overrides, args.name or name), dry_run=args.dry_run)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from hhalign.compare import compare
+
+    compare([Path(r) for r in args.runs], Path(args.out))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "config":
         return _config(args)
     if args.command == "prompts":

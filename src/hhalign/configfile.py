@@ -68,8 +68,10 @@ def resolve_preset(path: str | Path) -> Path:
                       f"{', '.join(n.removesuffix('.yaml') for n in preset_names())}.")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> RunConfig:
-    """Read a YAML preset (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, grid: list[str] | None = None,
+                **top: Any) -> RunConfig:
+    """Read a YAML preset (or the defaults when ``path`` is None), apply ``key=value`` overrides (``--set``), then a
+    sweep point's (``--grid``), validate; an error names the one that gave the faulty value."""
     where = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
@@ -80,8 +82,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{where}: not valid YAML: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    overrides = list(overrides or [])
-    for item in overrides:
+    given = [("--set", item) for item in overrides or []] + [("--grid", item) for item in grid or []]
+    for _, item in given:
         apply_override(raw, item)
     for k, v in top.items():
         if v is not None:
@@ -89,16 +91,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return _build(RunConfig, raw, "")
     except ConfigError as e:
-        raise ConfigError(f"{_origin(e, where, overrides)}: {e}", e.key) from None
+        raise ConfigError(f"{_origin(e, where, given)}: {e}", e.key) from None
 
 
-def _origin(e: ConfigError, where: str, overrides: list[str]) -> str:
-    """The --set item that gave the faulty key (the last one, as it wins), else the file."""
+def _origin(e: ConfigError, where: str, given: list[tuple[str, str]]) -> str:
+    """The --set (or --grid) item that gave the faulty key (the last one, as it wins), else the file."""
     if e.key:
-        for item in reversed(overrides):
+        for flag, item in reversed(given):
             key = item.partition("=")[0].strip()
             if key == e.key or key.startswith(f"{e.key}.") or e.key.startswith(f"{key}."):
-                return f"--set {item}"
+                return f"{flag} {item}"
     return where
 
 

@@ -46,6 +46,7 @@ from hhalign.stats import (
     bootstrap_rates,
     exact_scores,
     finite_or_none,
+    holm,
     paired_comparison,
     percentile_interval,
     rate,
@@ -169,7 +170,16 @@ def compute_metrics(data: dict[str, dict[str, list[dict[str, Any]]]], cfg: Metri
             grid = sweep_grid(thresholds[prompt_set])
             sweep[prompt_set] = {"thresholds": grid, "rates": {v: threshold_sweep(ratings[v][prompt_set], grid) for v in have}}
     missing = [f"{v}/{s}" for v in data for s in PROMPT_SETS if s not in data[v]]
-    return {"thresholds": thresholds, "variants": variants, "paired": paired, "sweep": sweep, "missing": missing}
+    return {"thresholds": thresholds, "variants": variants, "paired": with_holm(paired), "sweep": sweep, "missing": missing}
+
+
+def with_holm(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each comparison with Holm-adjusted p-values beside the raw ones (``holm``: McNemar, Wilcoxon, permutation),
+    each test corrected across every comparison of the list, one family per test."""
+    raw = {"mcnemar": [p["mcnemar"]["p"] for p in paired], "wilcoxon": [p["ratings"]["wilcoxon_p"] for p in paired],
+           "permutation": [p["ratings"]["permutation_p"] for p in paired]}
+    adjusted = {test: holm(ps) for test, ps in raw.items()}
+    return [{**p, "holm": {test: adjusted[test][i] for test in raw}} for i, p in enumerate(paired)]
 
 
 def _variant_block(

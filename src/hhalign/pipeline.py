@@ -42,11 +42,11 @@ def print_plan(steps: list[stages.Step], run_dir: Path, header: str = "") -> Non
         log.info(step.line(k, len(steps)))
 
 
-def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, ...] = ()) -> bool:
-    """Plan, print, and run the stages of one run folder. Returns True when something ran."""
+def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, ...] = ()) -> list[str]:
+    """Plan, print, and run the stages of one run folder. Returns the names of the stages that ran."""
     steps = stages.plan(cfg, run_dir, shared)
     print_plan(steps, run_dir, header)
-    n, ran = len(steps), False
+    n, ran = len(steps), []
     for k, step in enumerate(steps, 1):
         name = step.stage.name
         if step.action == "skip":
@@ -61,7 +61,7 @@ def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, 
             if isinstance(e, errors.UserError):
                 log.error(f"finished stages stay valid; fix the problem and run the same command again to resume at '{name}'")
             raise
-        ran = True
+        ran.append(name)
         log.info(f"[{k}/{n}] {name}: done in {time.time() - started:.1f} s")
     return ran
 

@@ -258,12 +258,36 @@ def begin(name: str, cfg: RunConfig, run_dir: str | Path, *, resume: bool = True
         barrier()  # every rank has decided before the main one changes the folder
     if main:
         if d.exists() and not keep:
-            shutil.rmtree(d)
+            _clear(d)
         d.mkdir(parents=True, exist_ok=True)
         write_json(d / STARTED, {"key": key, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if barrier:
         barrier()
     return StageRun(stage, d, key, settings(stage, cfg), ins, hashes, resumed=keep, main=main)
+
+
+def _clear(d: Path) -> None:
+    """Empty a stage folder; one that is a link (a sweep's shared stage) keeps its link and loses its contents."""
+    if not d.is_symlink():
+        shutil.rmtree(d)
+        return
+    for child in d.resolve().iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def chain_keys(cfg: RunConfig, run_dir: Path, fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """The key of each stage the config runs, known before anything runs: the hash of its settings, of its inputs
+    from outside the run (data files, prompt files, models by path or hub id) and of its upstream stages' keys.
+    Two runs whose stage has the same chain key compute the same thing (``hhalign.sweep`` shares it); ``fixed``
+    gives some stages' keys (a multi-seed sweep's data stage, made with the base seed)."""
+    keys = dict(fixed or {})
+    for st in active(cfg):
+        if st.name in keys:
+            continue
+        outside = {n: i.digest() for n, i in inputs(st, cfg, run_dir).items() if i.kind != "artifact"}
+        upstream = {u: keys[u] for u in st.upstream if u in keys}
+        keys[st.name] = section_hash({"settings": settings(st, cfg), "outside": outside, "upstream": upstream})
+    return keys
 
 
 def _check_upstream(stage: Stage, ins: dict[str, Input]) -> None:

@@ -181,3 +181,20 @@ def threshold_sweep(ratings: Sequence[float], thresholds: Sequence[float]) -> li
 def finite_or_none(x: Any) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values for multiple comparisons (family-wise error), in input order.
+
+    Sort the m p-values ascending; the k-th smallest (k = 1..m) becomes max over j <= k of min(1, (m - j + 1) p_(j)).
+    [0.01, 0.04, 0.03, 0.20]: sorted 0.01, 0.03, 0.04, 0.20 -> 4 x 0.01 = 0.04, 3 x 0.03 = 0.09, 2 x 0.04 = 0.08 -> 0.09
+    (running maximum), 1 x 0.20 = 0.20 -> in input order [0.04, 0.09, 0.09, 0.20]. None (a test that could not run)
+    stays None and does not count in m.
+    """
+    present = [(p, i) for i, p in enumerate(pvalues) if p is not None]
+    out: list[float | None] = [None] * len(pvalues)
+    m, running = len(present), 0.0
+    for k, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - k) * p))
+        out[i] = running
+    return out

@@ -154,22 +154,25 @@ def exact_table(report: Report) -> Table:
 def paired_table(report: Report) -> Table:
     rows = []
     for p in report.metrics.get("paired") or []:
-        mc, rt = p.get("mcnemar") or {}, p.get("ratings") or {}
-        rows.append([
-            str(p.get("set", "")), label(str(p.get("a", "")), report.metrics), label(str(p.get("b", "")), report.metrics),
-            fmt_int(p.get("n")), fmt_num(p.get("a_rate")), fmt_num(p.get("b_rate")),
-            fmt_int(mc.get("a_only")), fmt_int(mc.get("b_only")), fmt_p(mc.get("p")),
-            fmt_num(rt.get("mean_diff"), 2), fmt_p(rt.get("wilcoxon_p")), fmt_p(rt.get("permutation_p")),
-        ])
-    return Table(
-        "Paired tests between variants (same prompts)",
-        ["Set", "A", "B", "n", "A rate %", "B rate %", "only A positive", "only B positive", "McNemar p",
-         "mean rating diff (B − A)", "Wilcoxon p", "permutation p"],
-        rows,
-        "Each pair of variants answered the same prompts. McNemar's exact test compares the labels "
-        "(harmless/helpful) on the prompts where they disagree; Wilcoxon signed-rank and a paired sign-flip "
-        "permutation test compare the ratings. p-values are two-sided and not corrected for multiple comparisons.",
-    )
+        rows.append([str(p.get("set", "")), label(str(p.get("a", "")), report.metrics), label(str(p.get("b", "")), report.metrics),
+                     *paired_cells(p)])
+    return Table("Paired tests between variants (same prompts)", ["Set", "A", "B", *PAIRED_HEADER], rows, PAIRED_NOTE)
+
+
+PAIRED_HEADER = ["n", "A rate %", "B rate %", "only A positive", "only B positive", "McNemar p", "McNemar p, Holm",
+                 "mean rating diff (B − A)", "Wilcoxon p", "Wilcoxon p, Holm", "permutation p", "permutation p, Holm"]
+PAIRED_NOTE = ("Each pair answered the same prompts. McNemar's exact test compares the labels (harmless/helpful) on the "
+               "prompts where they disagree; Wilcoxon signed-rank and a paired sign-flip permutation test compare the "
+               "ratings. p-values are two-sided; the Holm columns correct each test for every comparison in this table "
+               "(family-wise error), which is what a reader looking for any difference should use.")
+
+
+def paired_cells(p: dict[str, Any]) -> list[str]:
+    """The cells of one comparison after its set and names: counts, rates, raw and Holm-adjusted p-values."""
+    mc, rt, hm = p.get("mcnemar") or {}, p.get("ratings") or {}, p.get("holm") or {}
+    return [fmt_int(p.get("n")), fmt_num(p.get("a_rate")), fmt_num(p.get("b_rate")), fmt_int(mc.get("a_only")),
+            fmt_int(mc.get("b_only")), fmt_p(mc.get("p")), fmt_p(hm.get("mcnemar")), fmt_num(rt.get("mean_diff"), 2),
+            fmt_p(rt.get("wilcoxon_p")), fmt_p(hm.get("wilcoxon")), fmt_p(rt.get("permutation_p")), fmt_p(hm.get("permutation"))]
 
 
 def hygiene_table(report: Report) -> Table:

@@ -255,6 +255,60 @@ def fig_judge(metrics: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _order(values: Iterable[str]) -> list[str]:
+    """Numbers in numeric order, anything else alphabetically after them."""
+    def key(v: str) -> tuple[int, float, str]:
+        try:
+            return 0, float(v), v
+        except ValueError:
+            return 1, 0.0, v
+    return sorted(set(values), key=key)
+
+
+def fig_against(rows: list[dict[str, Any]], axis: str) -> Figure | None:
+    """HmR, HpR and CAS (one panel each) against the values of one swept setting, one colour per variant, one
+    marker per combination of the other swept settings, 95% interval whiskers (``hhalign compare``'s rows)."""
+    key = f"setting:{axis}"
+    rows = [r for r in rows if key in r]
+    if not rows:
+        return None
+    values = _order(_text(r[key]) for r in rows)
+    variants = variant_order({r["variant"] for r in rows})
+    colors = variant_colors(variants)
+    rest = sorted({tuple((k[8:], _text(v)) for k, v in r.items() if k.startswith("setting:") and k != key) for r in rows})
+    markers = "osD^vP*Xh"
+    fig, axes = _figure(13.0, 4.2, len(RATES))
+    slots = len(variants) * len(rest)
+    for ax, rate in zip(axes, RATES):
+        for vi, v in enumerate(variants):
+            for oi, other in enumerate(rest):
+                pts = [r for r in rows if r["variant"] == v and tuple((k[8:], _text(x)) for k, x in r.items()
+                                                                   if k.startswith("setting:") and k != key) == other]
+                pts = [r for r in pts if r.get(rate) is not None]
+                if not pts:
+                    continue
+                shift = (vi * len(rest) + oi - (slots - 1) / 2) * (0.7 / max(slots, 1))
+                bars = [error_bar(r[rate], r.get(f"{rate}_ci")) for r in pts]
+                tag = ", ".join(f"{k}={x}" for k, x in other)
+                ax.errorbar([values.index(_text(r[key])) + shift for r in pts], [r[rate] for r in pts],
+                            yerr=[[b[0] for b in bars], [b[1] for b in bars]], fmt=markers[oi % len(markers)],
+                            color=colors[v], capsize=3, linestyle="none",
+                            label=f"{VARIANT_LABELS.get(v, v)}" + (f" ({tag})" if tag else ""))
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlabel(axis)
+        ax.set_title(RATE_TITLES[rate])
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[-1].legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"Rates against {axis}, 95% intervals (Wilson; bootstrap for CAS)")
+    return fig
+
+
 def _caveat(fig: Figure, metrics: dict[str, Any]) -> None:
     """Write what the numbers cannot mean (toy models, a judge at chance, few prompts) on the figure itself."""
     shorts = [str(c["short"]) for c in metrics.get("caveats") or [] if isinstance(c, dict) and c.get("short")]

@@ -17,15 +17,8 @@ from hhalign.config import RunConfig
 from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
 from hhalign.stages import Input
 from hhalign.train.common import (
-    StopOnInterrupt,
-    begin_training,
-    finish_training,
-    heldout_nll,
-    last_checkpoint,
-    load_rows,
-    pair_inputs,
-    save_model_atomically,
-    trl_args,
+    StopOnInterrupt, begin_training, finish_training, heldout_nll, last_checkpoint, load_rows, pair_inputs,
+    save_model_atomically, trl_args,
 )
 
 log = logging.getLogger(__name__)

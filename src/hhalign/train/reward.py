@@ -21,14 +21,8 @@ from hhalign.judge import judge_view, pairwise
 from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
 from hhalign.stages import Input
 from hhalign.train.common import (
-    StopOnInterrupt,
-    begin_training,
-    finish_training,
-    last_checkpoint,
-    load_rows,
-    pair_inputs,
-    save_model_atomically,
-    trl_args,
+    StopOnInterrupt, begin_training, finish_training, last_checkpoint, load_rows, pair_inputs,
+    save_model_atomically, trl_args,
 )
 
 log = logging.getLogger(__name__)

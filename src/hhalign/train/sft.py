@@ -19,17 +19,8 @@ from hhalign.errors import TrainingError
 from hhalign.modeling import load_causal_lm
 from hhalign.stages import Input
 from hhalign.train.common import (
-    StopOnInterrupt,
-    base_model,
-    begin_training,
-    finish_training,
-    fit_rows,
-    heldout_nll,
-    last_checkpoint,
-    load_rows,
-    pair_inputs,
-    save_model_atomically,
-    trl_args,
+    StopOnInterrupt, base_model, begin_training, finish_training, fit_rows, heldout_nll, last_checkpoint, load_rows,
+    pair_inputs, save_model_atomically, trl_args,
 )
 
 log = logging.getLogger(__name__)
