@@ -13,7 +13,8 @@ from hhalign.configfile import load_config
 from hhalign.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml") if "accelerate" not in p.parts)
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml")
+                  if "accelerate" not in p.parts and not p.name.startswith("sweep"))  # sweep files: tests/test_sweep.py
 
 
 @pytest.mark.parametrize("path", CONFIGS + EXAMPLES, ids=lambda p: p.name)

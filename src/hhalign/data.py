@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,9 +207,10 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """Write 01_data/ (prefs.jsonl, heldout.jsonl, sft.jsonl, prompts/, data_report.json) and its manifest."""
+    started = time.time()
     model = inputs(cfg, run_dir).get("model")
     report, pairs, prompt_sets = prepare(cfg, model.ref if model else None)  # a data problem fails here, before the folder is touched
-    work = begin("data", cfg, run_dir, resume=False)
+    work = begin("data", cfg, run_dir, resume=False, started=started)
     write_jsonl(work.dir / "prefs.jsonl", (p.to_json() for p in pairs["train"]))
     write_jsonl(work.dir / "heldout.jsonl", (p.to_json() for p in pairs["heldout"]))
     write_jsonl(work.dir / "sft.jsonl", ({"text": p.prompt + p.chosen, "prompt": p.prompt, "completion": p.chosen}

@@ -159,7 +159,9 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     rm = work.inputs["reward_model"].ref
     loaded = load_judge(rm, cfg.score)
     ratings = rate_files(rm, todo, cfg.score, judge=loaded)
-    verdict = {"reward_model": rm, **_check_judge(work, cfg, loaded, names)}
+    # the run's own judge by its place in the run (06_rm/model), so the record is the same wherever the run lives
+    inside = Path(rm).resolve().is_relative_to(Path(run_dir).resolve())
+    verdict = {"reward_model": os.path.relpath(rm, run_dir) if inside else rm, **_check_judge(work, cfg, loaded, names)}
     write_json(work.dir / JUDGE_FILE, verdict)
     summary = f"score: {len(todo)} files rated by {rm}" + (f", {len(names) - len(todo)} kept from before" if len(todo) < len(names) else "")
     log.info(summary)

@@ -241,19 +241,19 @@ class StageRun:
 
 
 def begin(name: str, cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, given: dict[str, Input] | None = None,
-          main: bool = True, barrier: Callable[[], None] | None = None) -> StageRun:
+          main: bool = True, barrier: Callable[[], None] | None = None, started: float | None = None) -> StageRun:
     """Key the stage by its settings and the content of its inputs, and prepare its folder: kept (resumed) when
     ``resume`` and it was started with the same key and never finished, else cleared. ``given`` replaces the
     module's inputs (``hhalign dpo --from PATH``). Under several processes only ``main`` touches the folder;
-    ``barrier`` makes the others wait for it."""
+    ``barrier`` makes the others wait for it. ``started``: when the stage began (default: now), for its wall time."""
     stage, run_dir = get(name), Path(run_dir)
     ins = given if given is not None else inputs(stage, cfg, run_dir)
     _check_upstream(stage, ins)
     hashes = {n: i.digest() for n, i in ins.items()}
     key = stage_key(settings(stage, cfg), hashes)
     d = run_dir / stage.folder
-    started = _read(d / STARTED)
-    keep = resume and d.exists() and not (d / MANIFEST).exists() and (started or {}).get("key") == key
+    before = _read(d / STARTED)
+    keep = resume and d.exists() and not (d / MANIFEST).exists() and (before or {}).get("key") == key
     if barrier:
         barrier()  # every rank has decided before the main one changes the folder
     if main:
@@ -263,7 +263,7 @@ def begin(name: str, cfg: RunConfig, run_dir: str | Path, *, resume: bool = True
         write_json(d / STARTED, {"key": key, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if barrier:
         barrier()
-    return StageRun(stage, d, key, settings(stage, cfg), ins, hashes, resumed=keep, main=main)
+    return StageRun(stage, d, key, settings(stage, cfg), ins, hashes, resumed=keep, main=main, started=started or time.time())
 
 
 def _clear(d: Path) -> None:
