@@ -151,6 +151,7 @@ def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, 
     for axis in axes:
         fig = plots.fig_against(rows, axis)
         if fig is not None:
+            plots.stamp_caveats(fig, report.metrics)
             name = "against_" + "".join(c if c.isalnum() else "_" for c in axis)
             files = plots.save_figure(fig, out_dir / name, ["png"])
             report.figures.append(FigureRef(name, f"HmR, HpR and CAS against {axis}, with 95% intervals.", files,

@@ -309,7 +309,7 @@ def fig_against(rows: list[dict[str, Any]], axis: str) -> Figure | None:
     return fig
 
 
-def _caveat(fig: Figure, metrics: dict[str, Any]) -> None:
+def stamp_caveats(fig: Figure, metrics: dict[str, Any]) -> None:
     """Write what the numbers cannot mean (toy models, a judge at chance, few prompts) on the figure itself."""
     shorts = [str(c["short"]) for c in metrics.get("caveats") or [] if isinstance(c, dict) and c.get("short")]
     if shorts:
@@ -322,7 +322,7 @@ def make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tup
     with matplotlib.rc_context(STYLE):
         figs = _make_figures(metrics, data)
         for _, fig in figs.values():
-            _caveat(fig, metrics)
+            stamp_caveats(fig, metrics)
         return figs
 
 
