@@ -171,14 +171,12 @@ def _one_shot(args: argparse.Namespace) -> int:
             raise errors.UserError("hhalign report needs --out OUT_DIR (or a CONFIG to run the stage)")
         from hhalign.config import ReportSection
 
-        explicit = args.harmful_threshold is not None or args.helpful_threshold is not None
-        metrics = None
-        if explicit:  # thresholds given: re-label, don't reuse the run's metrics.json
-            from hhalign.metrics import compute_metrics
-            from hhalign.responses import load_scored_dir
+        mcfg, metrics = _thresholds(args), None
+        if args.harmful_threshold is not None or args.helpful_threshold is not None:
+            from hhalign.metrics import measure  # thresholds given: re-label, don't reuse the run's metrics.json
 
-            metrics = compute_metrics(load_scored_dir(Path(args.dir)), _thresholds(args))
-        files = build(Path(args.dir), Path(args.out), ReportSection(), _thresholds(args), metrics=metrics)
+            metrics = measure(Path(args.dir), mcfg)
+        files = build(Path(args.dir), Path(args.out), ReportSection(), mcfg, metrics=metrics)
         log.info(f"wrote {len(files)} files to {args.out}: open {Path(args.out) / 'report.html'}")
     return 0
 

@@ -113,7 +113,7 @@ def table(runs: list[Run]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- the report
 
 
-def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict[str, Any]], out_dir: Path) -> Any:
+def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict[str, Any]]) -> Any:
     """The comparison as a report whose "variants" are (run, variant) pairs: the study's tables, the paired tests
     and the response viewer then show runs side by side."""
     from hhalign.report.markdown import Report
@@ -147,7 +147,7 @@ def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, 
     result = {"runs": [str(r.dir) for r in runs], "axes": axes, "table": rows, "paired": tests, "unpaired": unpaired}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", result)
-    report = _as_report(runs, tests, unpaired, out_dir)
+    report = _as_report(runs, tests, unpaired)
     for axis in axes:
         fig = plots.fig_against(rows, axis)
         if fig is not None:

@@ -262,14 +262,14 @@ def _prefill(
     """
     width = max(len(ids) for ids in batch_ids) - 1  # cached positions: all but each prompt's last token
     parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    # logits_to_keep=1: the prefill needs the cache, not a (B, T, vocab) tensor of logits for every prompt token
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     for group in groups:
         rows = [batch_ids[i][:-1] for i in group]
         if not any(rows):
             continue
         enc = tok.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt").to(device)
         positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        # logits_to_keep=1: the prefill needs the cache, not a (B, T, vocab) tensor of logits for every prompt token
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         cache = getattr(model(**enc, position_ids=positions, use_cache=True, **keep), CACHE)
         for j, i in enumerate(group):
             n = len(rows[j])
