@@ -39,7 +39,7 @@ from hhalign.judge import summary as judge_summary
 from hhalign.responses import (
     canonical_variant,
     load_scored_dir,
-    parse_response_filename,
+    response_files,
 )
 from hhalign.stages import Input, begin, stage_dir
 from hhalign.stats import (
@@ -352,9 +352,8 @@ def run_thresholds(in_dir: Path) -> dict[str, float] | None:
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     scored = stage_dir(run_dir, "score")
-    files = sorted(p for p in scored.glob("*.json") if parse_response_filename(p.name)) if scored.is_dir() else []
     judge = {"judge": Input(str(scored / JUDGE_FILE))} if (scored / JUDGE_FILE).is_file() else {}
-    return {f"scored/{p.name}": Input(str(p)) for p in files} | judge
+    return {f"scored/{p.name}": Input(str(p)) for p in response_files(scored)} | judge
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:

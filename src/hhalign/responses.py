@@ -116,12 +116,18 @@ def discover(directory: str | Path) -> dict[tuple[str, str], Path]:
     return found
 
 
+def response_files(directory: Path) -> list[Path]:
+    """The files of a folder named like response files (``base_harmful.json``, ``4_sftdpo_helpful.json``), sorted;
+    none for a folder that does not exist (a stage that has not run yet)."""
+    if not directory.is_dir():
+        return []
+    return [p for p in sorted(directory.iterdir()) if p.is_file() and parse_response_filename(p.name)]
+
+
 def _scan(directory: Path) -> dict[tuple[str, str], Path]:
     found: dict[tuple[str, str], Path] = {}
-    for p in sorted(directory.iterdir()):
-        key = parse_response_filename(p.name) if p.is_file() else None
-        if key is None:
-            continue
+    for p in response_files(directory):
+        key = parse_response_filename(p.name)
         if key in found:
             raise ResponseFileError(
                 f"{directory}: both {found[key].name} and {p.name} hold {key[0]}/{key[1]} responses; keep one"

@@ -39,7 +39,7 @@ from hhalign.judge import summary as judge_summary
 from hhalign.config import RUN_RM, RunConfig, ScoreSection
 from hhalign.generate import length_batches
 from hhalign.modeling import load_reward_model, pick_device, resolve_dtype
-from hhalign.responses import load_responses, parse_response_filename
+from hhalign.responses import load_responses, parse_response_filename, response_files
 from hhalign.stages import Input, begin, stage_dir
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,8 @@ def judge(cfg: RunConfig, run_dir: Path) -> Input:
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     gen = stage_dir(run_dir, "generate")
-    files = sorted(p for p in gen.glob("*.json") if parse_response_filename(p.name)) if gen.is_dir() else []
     check = {"heldout": Input(str(stage_dir(run_dir, "data") / "heldout.jsonl"))} if cfg.score.judge_pairs else {}
-    return {f"responses/{p.name}": Input(str(p)) for p in files} | {"reward_model": judge(cfg, run_dir)} | check
+    return {f"responses/{p.name}": Input(str(p)) for p in response_files(gen)} | {"reward_model": judge(cfg, run_dir)} | check
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:

@@ -193,8 +193,10 @@ def validate(cfg: RunConfig, run_dir: Path, stages: list[Stage] | None = None) -
             inp.check()
 
 
-def stage_key(stage_settings: dict[str, Any], hashes: dict[str, str | None]) -> str:
-    return section_hash({"settings": stage_settings, "inputs": hashes})
+def _keyed(stage: Stage, cfg: RunConfig, ins: dict[str, Input]) -> tuple[dict[str, Any], dict[str, str | None], str]:
+    """(the stage's settings, its inputs' hashes, the key of both): what a manifest records and a plan compares."""
+    stage_settings, hashes = settings(stage, cfg), {n: i.digest() for n, i in ins.items()}
+    return stage_settings, hashes, section_hash({"settings": stage_settings, "inputs": hashes})
 
 
 # ----------------------------------------------------------------------------- running one stage
@@ -249,8 +251,7 @@ def begin(name: str, cfg: RunConfig, run_dir: str | Path, *, resume: bool = True
     stage, run_dir = get(name), Path(run_dir)
     ins = given if given is not None else inputs(stage, cfg, run_dir)
     _check_upstream(stage, ins)
-    hashes = {n: i.digest() for n, i in ins.items()}
-    key = stage_key(settings(stage, cfg), hashes)
+    stage_settings, hashes, key = _keyed(stage, cfg, ins)
     d = run_dir / stage.folder
     before = _read(d / STARTED)
     keep = resume and d.exists() and not (d / MANIFEST).exists() and (before or {}).get("key") == key
@@ -263,7 +264,7 @@ def begin(name: str, cfg: RunConfig, run_dir: str | Path, *, resume: bool = True
         write_json(d / STARTED, {"key": key, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if barrier:
         barrier()
-    return StageRun(stage, d, key, settings(stage, cfg), ins, hashes, resumed=keep, main=main, started=started or time.time())
+    return StageRun(stage, d, key, stage_settings, ins, hashes, resumed=keep, main=main, started=started or time.time())
 
 
 def _clear(d: Path) -> None:
@@ -272,7 +273,10 @@ def _clear(d: Path) -> None:
         shutil.rmtree(d)
         return
     for child in d.resolve().iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def chain_keys(cfg: RunConfig, run_dir: Path, fixed: dict[str, str] | None = None) -> dict[str, str]:
@@ -339,14 +343,12 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 def _why(stage: Stage, cfg: RunConfig, run_dir: Path) -> tuple[str, str]:
     d = run_dir / stage.folder
     manifest = read_manifest(d)
-    ins = inputs(stage, cfg, run_dir)
-    hashes = {n: i.digest() for n, i in ins.items()}
+    stage_settings, hashes, key = _keyed(stage, cfg, inputs(stage, cfg, run_dir))
     if manifest is None:
-        started = _read(d / STARTED)
-        if started and started.get("key") == stage_key(settings(stage, cfg), hashes):
+        if (_read(d / STARTED) or {}).get("key") == key:
             return "resume", "interrupted earlier"
         return "run", "interrupted earlier with other settings or inputs: starts over" if d.exists() else "not done yet"
-    changed = changed_settings(manifest.get("settings"), settings(stage, cfg))
+    changed = changed_settings(manifest.get("settings"), stage_settings)
     if changed:
         return "run", "settings changed: " + ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
     old = {n: v.get("sha256") for n, v in (manifest.get("inputs") or {}).items()}

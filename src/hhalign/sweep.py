@@ -72,7 +72,10 @@ def _split(text: str) -> list[str]:
     """Split on commas outside brackets and braces: "0.1,[a,b],{x: 1}" -> ["0.1", "[a,b]", "{x: 1}"]."""
     parts, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "[{" and 1 or (ch in "]}" and -1) or 0
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""

@@ -29,7 +29,7 @@ from hhalign.errors import UserError
 from hhalign.report import plots
 from hhalign.report.html import render_html
 from hhalign.report.markdown import FigureRef, Report, render_markdown
-from hhalign.responses import parse_response_filename
+from hhalign.responses import response_files
 from hhalign.stages import Input, begin, stage_dir
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ def _write_figures(report: Report, out_dir: Path, formats: list[str]) -> list[Pa
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     out = {"metrics": Input(str(stage_dir(run_dir, "metrics") / "metrics.json"))}
     scored = stage_dir(run_dir, "score")
-    for p in sorted(scored.glob("*.json")) if scored.is_dir() else []:
-        if parse_response_filename(p.name):
-            out[f"scored/{p.name}"] = Input(str(p))
+    out |= {f"scored/{p.name}": Input(str(p)) for p in response_files(scored)}
     data_report = stage_dir(run_dir, "data") / "data_report.json"
     return out | ({"data_report": Input(str(data_report))} if data_report.is_file() else {})
 
