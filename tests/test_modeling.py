@@ -66,7 +66,10 @@ def test_resolve_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert resolve_dtype("auto", cpu) == torch.bfloat16  # a CPU that multiplies bf16 natively
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16  # AVX-512 BF16 without AMX: native too
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert resolve_dtype("auto", cpu) == torch.float32  # an AVX2-only CPU emulates bfloat16
     with pytest.raises(ValueError, match="unknown dtype 'fp8': use one of float32, bfloat16, float16, auto"):
         resolve_dtype("fp8", cpu)
 

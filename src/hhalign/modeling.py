@@ -314,11 +314,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU with bf16, or a CPU with AMX."""
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU with bf16, or a CPU with AMX or AVX-512
+    BF16. Elsewhere bfloat16 is emulated: on a 2-core AVX2 EPYC a 1024x1024 matmul takes 2.6 s in bfloat16 against
+    0.02 s in float32 (a SmolLM2 SFT step: 300 s against about 20 s), so "auto" must mean float32 there."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return False
 
 

@@ -25,6 +25,7 @@ from hhalign.config import TINY, RunConfig, TrainSection
 from hhalign.configfile import checkpointing_default, library_class
 from hhalign.convert import model_input
 from hhalign.errors import TrainingError
+from hhalign.modeling import fast_bf16
 from hhalign.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
 from hhalign.stages import Input, StageRun, begin, stage_dir
 
@@ -77,8 +78,8 @@ def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixe
     precision that follows the hardware unless the config sets it."""
     cls = library_class("pretrain" if stage == "pretrain" else {"sft_dpo": "dpo"}.get(stage, stage))
     args = dict(section.args)
-    if "bf16" not in args:
-        args["bf16"] = on_gpu() and torch.cuda.is_bf16_supported()
+    if "bf16" not in args:  # bfloat16 autocast where the hardware multiplies it natively (a GPU, AMX or AVX-512 BF16)
+        args["bf16"] = fast_bf16(torch.device("cuda" if on_gpu() else "cpu"))
     args.setdefault("report_to", "none")
     args.setdefault("save_total_limit", 2)
     args.setdefault("disable_tqdm", False)
