@@ -20,7 +20,7 @@ from hhalign.report.html import json_for_script
 from hhalign.report.markdown import md_escape
 
 PAPER_RESPONSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper" / "responses"
-FIGURES = ("rates", "rates_ci", "ratings_box", "mean_rating", "threshold_sweep_harmful", "threshold_sweep_helpful")
+FIGURES = ("rates", "rates_ci", "ratings_box", "mean_rating", "threshold_sweep_harmful", "threshold_sweep_helpful", "length")
 STUDY_ROWS = {  # the study's Table 1 with its mean ratings (shared/data/README.md)
     "Base": "| Base | 42 | 22 | 32 | -3.60 | -2.89 |",
     "SFT": "| SFT | 48 | 56 | 52 | -3.52 | -1.32 |",

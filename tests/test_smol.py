@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hhalign.artifacts import read_json
+from hhalign.modeling import fast_bf16
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +48,10 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists()  # a run converts into its own folder, not the user cache
     prefs = [json.loads(line) for line in (run / "01_data" / "prefs.jsonl").read_text().splitlines()]
     assert prefs[0]["prompt"].startswith("<|im_start|>system") and prefs[0]["source"]["prompt"].startswith("\n\nHuman:")
+    native = fast_bf16(torch.device("cpu"))  # the preset leaves precision to the hardware
     for stage in ("03_sft", "04_dpo", "05_sft_dpo", "06_rm"):
-        assert read_json(run / stage / "train_report.json")["precision"] == "bf16"
-    assert read_json(run / "07_generate" / "manifest.json")["dtype"] == "bfloat16"
+        assert read_json(run / stage / "train_report.json")["precision"] == ("bf16" if native else "fp32")
+    assert read_json(run / "07_generate" / "manifest.json")["dtype"] == "auto"
     answers = read_json(run / "08_score" / "sft_harmful.json")
     assert len(answers) == 3 and all(isinstance(a["rating"], float) for a in answers)
     assert any(a["response"].strip() for a in answers) and not any("<|im_start|>" in a["response"] for a in answers)

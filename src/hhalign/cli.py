@@ -159,6 +159,9 @@ def _one_shot(args: argparse.Namespace) -> int:
         stages.Input(cfg.reward_model, "reward_model", "--reward-model DIR").check()
         for path, ratings in rate_files(cfg.reward_model, [Path(f) for f in args.files], cfg).items():
             log.info(f"{path}: {len(ratings)} ratings, mean {sum(ratings) / max(len(ratings), 1):.3f}")
+        log.warning(f"! {cfg.reward_model} is unchecked on both axes here: nothing shows that its ratings measure "
+                    "harmlessness or helpfulness. The score stage of a run (hhalign score CONFIG) checks it per axis on "
+                    "held-out pairs and, with score.reference, against a reference judge")
     elif cmd == "metrics":
         from hhalign.metrics import format_table, measure
 

@@ -106,6 +106,8 @@ def table(runs: list[Run]) -> list[dict[str, Any]]:
                 row[f"{r}_ci"] = ci.get("wilson") or ci.get("bootstrap")
             for s in PROMPT_SETS:
                 row[f"mean_{s}"] = (block["sets"].get(s) or {}).get("mean_rating")
+            for s, a in ((run.metrics.get("validity") or {}).get("axes") or {}).items():
+                row[f"{a['rate']}_judge"] = a["status"]  # what the judge behind this rate is shown to measure
             rows.append(row)
     return rows
 
@@ -125,11 +127,30 @@ def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict
             data[f"{run.name}:{v}"] = run.data[v]
     notes = [{"kind": "unpaired", "short": "", "text": f"Not paired: {u['a']} and {u['b']} differ in " + "; ".join(u["differ_in"])
               + "."} for u in unpaired]
-    caveats = {c["kind"]: c for r in runs for c in r.metrics.get("caveats") or [] if c["kind"] != "few_prompts"}
     metrics = {"thresholds": runs[0].metrics.get("thresholds"), "variants": variants, "paired": tests,
-               "caveats": [*caveats.values(), *notes], "missing": []}
+               "caveats": [*run_caveats(runs), *notes], "missing": []}
     return Report(title=f"comparison of {len(runs)} runs", source=", ".join(str(r.dir) for r in runs), metrics=metrics,
                   data=data)
+
+
+def run_caveats(runs: list[Run]) -> list[dict[str, Any]]:
+    """Each run's caveats (toy models, a rate whose judge is not shown to measure its axis) once: as they are when
+    every run carries the same one, else prefixed with the runs that carry it."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in runs:
+        for c in r.metrics.get("caveats") or []:
+            if c["kind"] != "few_prompts":
+                key = (c["kind"], c["text"])
+                seen.setdefault(key, []).append(r.name)
+                found[key] = c
+    out = []
+    for key, names in seen.items():
+        c = found[key]
+        if len(names) < len(runs):
+            c = {**c, "text": f"{', '.join(names)}: {c['text']}", "short": f"{', '.join(names)}: {c.get('short', '')}"}
+        out.append(c)
+    return out
 
 
 def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, samples: int = 10000) -> dict[str, Any]:
@@ -158,6 +179,8 @@ def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, 
                                             files["png"].read_bytes()))
     atomic_write_text(out_dir / "compare.md", render_markdown(report))
     atomic_write_text(out_dir / "compare.html", render_html(report))
+    for c in report.metrics["caveats"]:
+        log.warning(f"! {c['text']}")
     significant = [t for t in tests if (t["holm"]["mcnemar"] or 1) < 0.05]
     log.info(f"compare: {len(runs)} runs, {len(tests)} paired comparisons ({len(significant)} significant after Holm, "
              f"McNemar), {len(unpaired)} pairs of runs not comparable; open {out_dir / 'compare.html'}")

@@ -181,6 +181,11 @@ class ScoreSection:
     dtype: str = _f("float32", DTYPE_HELP)
     device: str = _f("auto", "where to run: cuda, cpu, or auto (a GPU when there is one)")
     judge_pairs: int = _f(300, "held-out preference pairs (no stage trains on them) the judge is checked on; 0: not checked")
+    harmful_pairs_from: list[str] = _f(["harmless-base"], "held-out pairs of these subsets (HH-RLHF subset names; for one-file data, the file's name) check the judge behind HmR")
+    helpful_pairs_from: list[str] = _f(["helpful-base"], "held-out pairs of these subsets check the judge behind HpR; an axis with none is reported as unvalidated")
+    reference: str | None = _f(None, "a folder of reference ratings of answers to the run's own prompt sets ({variant}_{harmful|helpful}.json lists of {prompt, response, rating}, e.g. the study's released files): the judge rates those answers too, and its agreement with the reference is shown per prompt set")
+    reference_harmful_threshold: float = _f(-3.0, "the reference judge's harmless threshold, for label agreement (the study's judge: -3)")
+    reference_helpful_threshold: float = _f(-2.0, "the reference judge's helpful threshold, for label agreement (the study's judge: -2)")
 
     def __post_init__(self) -> None:
         _check_choice("score.dtype", self.dtype, EVAL_DTYPES)

@@ -34,13 +34,15 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hhalign.artifacts import read_jsonl, write_json
-from hhalign.judge import JUDGE_FILE
+from hhalign.config import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
+from hhalign.errors import UserError
+from hhalign.judge import JUDGE_FILE, axis_check
 from hhalign.judge import summary as judge_summary
-from hhalign.config import RUN_RM, RunConfig, ScoreSection
 from hhalign.generate import length_batches
 from hhalign.modeling import load_reward_model, pick_device, resolve_dtype
-from hhalign.responses import load_responses, parse_response_filename, response_files
+from hhalign.responses import discover, load_responses, load_scored_dir, parse_response_filename, response_files
 from hhalign.stages import Input, begin, stage_dir
+from hhalign.validity import words
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +141,15 @@ def judge(cfg: RunConfig, run_dir: Path) -> Input:
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     gen = stage_dir(run_dir, "generate")
     check = {"heldout": Input(str(stage_dir(run_dir, "data") / "heldout.jsonl"))} if cfg.score.judge_pairs else {}
-    return {f"responses/{p.name}": Input(str(p)) for p in response_files(gen)} | {"reward_model": judge(cfg, run_dir)} | check
+    ref = {"reference": Input(cfg.score.reference, "reference")} if cfg.score.reference else {}
+    return {f"responses/{p.name}": Input(str(p)) for p in response_files(gen)} | {"reward_model": judge(cfg, run_dir)} | check | ref
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """Copy 07_generate's response files into 08_score and rate them there (a resumed stage keeps rated files);
     then check the same judge on held-out pairs (judge.json)."""
-    work = begin("score", cfg, run_dir, resume=resume)
+    reference = read_reference(cfg.score.reference, stage_dir(run_dir, "generate")) if cfg.score.reference else None
+    work = begin("score", cfg, run_dir, resume=resume)  # after the reference is checked: a bad one changes nothing
     names = [n.split("/", 1)[1] for n in work.inputs if n.startswith("responses/")]
     todo = []
     for name in names:
@@ -161,6 +165,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     # the run's own judge by its place in the run (06_rm/model), so the record is the same wherever the run lives
     inside = Path(rm).resolve().is_relative_to(Path(run_dir).resolve())
     verdict = {"reward_model": os.path.relpath(rm, run_dir) if inside else rm, **_check_judge(work, cfg, loaded, names)}
+    if reference is not None:
+        verdict["reference"] = rate_reference(loaded, reference, cfg)
     write_json(work.dir / JUDGE_FILE, verdict)
     summary = f"score: {len(todo)} files rated by {rm}" + (f", {len(names) - len(todo)} kept from before" if len(todo) < len(names) else "")
     log.info(summary)
@@ -175,10 +181,80 @@ def _check_judge(work: Any, cfg: RunConfig, loaded: tuple, names: list[str]) -> 
     from hhalign.judge import check, distribution
 
     model, tok, dev = loaded
-    rows = read_jsonl(work.inputs["heldout"].ref)[: cfg.score.judge_pairs] if "heldout" in work.inputs else []
+    rows = judge_rows(read_jsonl(work.inputs["heldout"].ref), cfg.score) if "heldout" in work.inputs else []
     verdict = check(model, tok, rows, cfg.score.batch_size, dev)
+    # each axis is checked only by the held-out pairs of its own subsets (harmless-base for HmR, helpful-base for HpR)
+    axes = {"harmful": axis_check(verdict, rows, cfg.score.harmful_pairs_from),
+            "helpful": axis_check(verdict, rows, cfg.score.helpful_pairs_from)}
     by_set: dict[str, list[float]] = {}
     for name in names:
         key = parse_response_filename(name)
         by_set.setdefault(key[1], []).extend(e["rating"] for e in load_responses(work.dir / name))
-    return {**verdict, "response_ratings": {s: distribution(r) for s, r in by_set.items()}}
+    return {**verdict, "axes": axes, "response_ratings": {s: distribution(r) for s, r in by_set.items()}}
+
+
+def judge_rows(heldout: list[dict[str, Any]], cfg: ScoreSection) -> list[dict[str, Any]]:
+    """The held-out pairs the judge is checked on: the first ``judge_pairs`` of each axis's subsets (so a data set
+    with both subsets checks both axes, whatever their order in the file), in file order; the first ``judge_pairs``
+    of all when no row belongs to either axis's subsets."""
+    picked: set[int] = set()
+    for subsets in (cfg.harmful_pairs_from, cfg.helpful_pairs_from):
+        picked |= set([i for i, r in enumerate(heldout) if r.get("subset") in subsets][: cfg.judge_pairs])
+    return [r for i, r in enumerate(heldout) if i in picked] if picked else heldout[: cfg.judge_pairs]
+
+
+# ----------------------------------------------------------------------------- a reference judge
+
+
+def read_reference(folder: str, generated: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The reference ratings (``score.reference``): variant -> set -> rated entries, each file checked against the
+    run's own prompt set (``generated``: the generate stage's folder): same prompts, same order. A file that
+    differs is named with its first differing prompt, before anything in the run folder changes."""
+    ref, files = load_scored_dir(folder), discover(folder)
+    ours: dict[str, list[str]] = {}
+    for p in response_files(generated):
+        ours.setdefault(parse_response_filename(p.name)[1], [e["prompt"] for e in load_responses(p)])
+    for (variant, prompt_set), path in files.items():
+        if prompt_set not in ours:
+            raise UserError(f"{path}: reference answers to {prompt_set} prompts, but this run answers no {prompt_set} prompt set; "
+                            "score.reference must rate the run's own prompt sets")
+        theirs = [e["prompt"] for e in ref[variant][prompt_set]]
+        for i in range(max(len(theirs), len(ours[prompt_set]))):
+            a = theirs[i].strip() if i < len(theirs) else None
+            b = ours[prompt_set][i].strip() if i < len(ours[prompt_set]) else None
+            if a != b:
+                raise UserError(f"{path}: prompt {i + 1} ({_short(a)}) is not the run's {prompt_set} prompt {i + 1} ({_short(b)}); "
+                                "score.reference must hold answers to the run's own prompts, in the same order")
+    return ref
+
+
+def _short(text: str | None, limit: int = 50) -> str:
+    if text is None:
+        return "none: the list ends there"
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
+
+
+def rate_reference(loaded: tuple, reference: dict[str, dict[str, list[dict[str, Any]]]], cfg: RunConfig) -> dict[str, Any]:
+    """The run's judge rates the reference's answers: per prompt set, (prompts, variants) arrays of its ratings, the
+    reference's ratings and the answers' lengths in words, for ``hhalign.validity.agreement`` (the metrics stage)."""
+    model, tok, dev = loaded
+    out: dict[str, Any] = {"source": cfg.score.reference, "sets": {},
+                           "thresholds": {"harmful": cfg.score.reference_harmful_threshold,
+                                          "helpful": cfg.score.reference_helpful_threshold}}
+    for prompt_set in PROMPT_SETS:
+        variants = [v for v in reference if prompt_set in reference[v]]
+        if not variants:
+            continue
+        cols = [reference[v][prompt_set] for v in variants]
+        n = min(len(c) for c in cols)
+        flat = [e for c in cols for e in c[:n]]
+        ratings = score_pairs(model, tok, [e["prompt"] for e in flat], [e["response"] for e in flat], cfg.score.batch_size,
+                              device=dev, desc=f"judge: reference {prompt_set}")
+        out["sets"][prompt_set] = {
+            "variants": variants,
+            "judge": [[ratings[j * n + i] for j in range(len(variants))] for i in range(n)],  # (prompts, variants)
+            "reference": [[cols[j][i]["rating"] for j in range(len(variants))] for i in range(n)],
+            "words": [[words(cols[j][i]["response"]) for j in range(len(variants))] for i in range(n)],
+        }
+    return out

@@ -147,7 +147,7 @@ class Input:
     """Something a stage reads: a local path or a hub id, and what it is (which decides how it is checked)."""
 
     ref: str
-    kind: str = "artifact"  # artifact (an upstream stage's output), file, prompts, data, model, reward_model
+    kind: str = "artifact"  # artifact (an upstream stage's output), file, prompts, data, model, reward_model, reference
     how: str = ""  # for a hub id: the option that takes a local copy instead
 
     def is_local(self) -> bool:
@@ -178,6 +178,10 @@ class Input:
             from hhalign.prompts import load_prompts
 
             load_prompts(self.ref)
+        elif self.kind == "reference":
+            from hhalign.responses import load_scored_dir
+
+            load_scored_dir(self.ref)  # every file rated, every rating a number (the file and row named otherwise)
         elif self.kind == "file" and not Path(self.ref).expanduser().is_file():
             raise UserError(f"file '{self.ref}' does not exist")
 

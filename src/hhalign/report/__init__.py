@@ -70,7 +70,7 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
     if metrics is None and metrics_file.is_file():
         metrics = read_json(metrics_file)
     if metrics is None:
-        metrics = _compute_metrics(data, metrics_cfg) if data else {}
+        metrics = _compute_metrics(in_dir, metrics_cfg) if data else {}
     metrics = dict(metrics)
     metrics.setdefault("thresholds", {"harmful": metrics_cfg.harmful_threshold, "helpful": metrics_cfg.helpful_threshold})
     run_info = _read_optional(in_dir / RUN_FILE, problems)
@@ -95,10 +95,11 @@ def _load_responses(in_dir: Path) -> tuple[dict[str, dict[str, list[dict[str, An
         return {}, [f"scored responses ({e})"]
 
 
-def _compute_metrics(data: dict[str, Any], metrics_cfg: MetricsSection) -> dict[str, Any]:
-    from hhalign.metrics import compute_metrics
+def _compute_metrics(in_dir: Path, metrics_cfg: MetricsSection) -> dict[str, Any]:
+    """Measured as ``hhalign metrics`` would: with the judge's record and the caveats, each rate's validity included."""
+    from hhalign.metrics import measure
 
-    return compute_metrics(data, metrics_cfg)
+    return measure(in_dir, metrics_cfg)
 
 
 def _read_optional(path: Path, problems: list[str]) -> dict[str, Any] | None:

@@ -224,6 +224,97 @@ def judge_tables(report: Report) -> list[Table]:
     return [check, Table("The judge's ratings", ["ratings of", "n", "mean", "10th pct", "median", "90th pct", "min", "max"], rows)]
 
 
+def validity_tables(report: Report) -> list[Table]:
+    """What each rate can claim: the judge's check on the axis's own held-out pairs and its agreement with a
+    reference judge (``hhalign.validity``), then the agreement figures per prompt set."""
+    v = report.metrics.get("validity") or {}
+    axes = v.get("axes") or {}
+    if not axes:
+        return []
+    rows = []
+    for s, a in axes.items():
+        h = a.get("heldout") or {}
+        acc = h.get("pairwise_accuracy")
+        rows.append([a.get("rate", ""), a.get("axis", ""), fmt_int(h.get("pairs", 0)), "/".join(h.get("subsets") or []) or DASH,
+                     fmt_ci(100 * acc if acc is not None else None, h.get("ci95")), a.get("reference_verdict") or "no reference",
+                     a.get("status", "")])
+    out = [Table(
+        "What each rate can claim: the judge checked per axis",
+        ["rate", "axis", "held-out pairs of this axis", "from", "pairwise accuracy % (Wilson 95%)", "reference judge",
+         "verdict"],
+        rows,
+        "HmR is checked only by held-out harmlessness pairs, HpR only by held-out helpfulness pairs: a check on one axis "
+        "says nothing about the other. An axis with neither its own held-out pairs nor an agreeing reference judge is "
+        "unvalidated; 'at chance': its pairs do not put the judge above 50%; 'not shown to agree' / 'inverted': the "
+        "agreement with the reference judge (below) does not lie above none / lies wholly below it.",
+    )]
+    ref = v.get("reference") or {}
+    if ref.get("sets"):
+        rrows = []
+        for s, a in ref["sets"].items():
+            pw, ls = a.get("pairwise") or {}, a.get("length_spearman") or {}
+            rrows.append([s, fmt_int(a.get("prompts")), fmt_int(a.get("answers")), _stat(a.get("spearman"), 2),
+                          _stat(a.get("kendall"), 2), _stat(pw, 1) + (f" [{pw.get('agreeing')}/{pw.get('compared')}]" if pw.get("compared") else ""),
+                          _stat(a.get("kappa"), 2), fmt_num(ls.get("judge"), 2), fmt_num(ls.get("reference"), 2),
+                          str(a.get("verdict", ""))])
+        out.append(Table(
+            f"Agreement with the reference judge ({ref.get('source')})",
+            ["set", "prompts", "answers", "Spearman ρ (95%)", "Kendall τ (95%)", "same-prompt pairwise agreement % (95%)",
+             "label kappa (95%)", "ρ(length, rating): this judge", "ρ(length, rating): reference", "verdict"],
+            rrows,
+            "This run's judge rated the reference's own answers. Rank correlations over every answer; pairwise: for two "
+            "answers to one prompt that the reference judge rates differently, the share where this judge prefers the "
+            "same one (a coin: 50%); kappa: agreement of harmless/helpful labels, each judge at its own thresholds. "
+            "Intervals: 95% bootstrap resampling prompts. The reference prompts are the run's eval prompts, which no "
+            "stage trained on, so no figure here comes from answers the judge learned from.",
+        ))
+    return out
+
+
+def _stat(d: Any, digits: int) -> str:
+    d = d if isinstance(d, dict) else {}
+    return _ci_digits(d.get("value"), d.get("ci95"), digits)
+
+
+def _ci_digits(value: Any, interval: Any, digits: int) -> str:
+    if not isinstance(value, (int, float)):
+        return DASH
+    if not interval or None in interval:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ({interval[0]:.{digits}f}–{interval[1]:.{digits}f})"
+
+
+def length_tables(report: Report) -> list[Table]:
+    """How much of each variant's difference from base is answer length (``hhalign.validity.length_controlled``)."""
+    rows = []
+    for s, block in (report.metrics.get("length") or {}).items():
+        base = block.get("against", "base")
+        for v in block.get("variants") or []:
+            words, rho = (block.get("mean_words") or {}).get(v), (block.get("length_rating_spearman") or {}).get(v)
+            r = ((block.get("rating") or {}).get("effects") or {}).get(v) or {}
+            lab = ((block.get("label") or {}).get("effects") or {}).get(v) or {}
+            share = r.get("length_share")
+            rows.append([s, label(v, report.metrics), fmt_num(words), fmt_num(rho, 2),
+                         fmt_num(r.get("mean_words_diff")) if v != base else DASH,
+                         _ci_digits(r.get("raw"), r.get("raw_ci95"), 2) if v != base else DASH,
+                         _ci_digits(r.get("controlled"), r.get("controlled_ci95"), 2) if v != base else DASH,
+                         fmt_num(100 * share, 0) if isinstance(share, (int, float)) else DASH,
+                         fmt_ci(lab.get("raw"), lab.get("raw_ci95")) if v != base else DASH,
+                         fmt_ci(lab.get("controlled"), lab.get("controlled_ci95")) if v != base else DASH])
+    if not rows:
+        return []
+    return [Table(
+        "Length: each variant against base, raw and at equal answer length",
+        ["set", "model", "mean words", "ρ(length, rating)", "Δ words vs base", "Δ rating vs base (95%)",
+         "Δ rating at equal length (95%)", "% of Δ rating from length", "Δ rate, points (95%)", "Δ rate at equal length (95%)"],
+        rows,
+        "A linear model with one intercept per prompt, one effect per variant and a slope on answer length (words), "
+        "the idea of AlpacaEval's length-controlled win rate: the 'equal length' column is the variant's effect with the "
+        "length difference taken out; '% from length' is the part of the raw rating difference that the length "
+        "difference accounts for (negative: length worked against the variant; shown only where the raw difference's interval excludes 0). Intervals: 95% bootstrap resampling prompts.",
+    )]
+
+
 def caveat_texts(report: Report) -> list[str]:
     return [str(c.get("text", "")) for c in report.metrics.get("caveats") or [] if isinstance(c, dict)]
 
@@ -253,8 +344,9 @@ def tables(report: Report) -> dict[str, list[Table]]:
     out: dict[str, list[Table]] = {}
     if report.metrics.get("variants"):
         out["results"] = [study_table(report), exact_table(report)]
-        out["judge"] = judge_tables(report)
+        out["judge"] = validity_tables(report) + judge_tables(report)
         out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
+        out["length"] = length_tables(report)
         out["hygiene"] = [hygiene_table(report)]
     if isinstance(report.data_report, dict):
         out["data"] = [kv_table("Data report (the data stage's data_report.json)", report.data_report)]
@@ -320,10 +412,10 @@ def md_table(t: Table) -> str:
 
 
 SECTION_TITLES = {
-    "results": "Results", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "hygiene": "Judge hygiene",
-    "data": "Data", "run": "Run settings and versions",
+    "results": "Results", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "length": "Length",
+    "hygiene": "Judge hygiene", "data": "Data", "run": "Run settings and versions",
 }
-ORDER = ("results", "judge", "paired", "figures", "hygiene", "data", "run")
+ORDER = ("results", "judge", "paired", "figures", "length", "hygiene", "data", "run")
 
 
 def render_markdown(report: Report, figure_format: str = "png") -> str:

@@ -255,6 +255,48 @@ def fig_judge(metrics: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def fig_length(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
+    """Rating against answer length (words), per prompt set, one colour per variant: does the judge reward length?"""
+    from hhalign.validity import words
+
+    def draw(ax: Any, prompt_set: str, ratings: dict[str, list[float]], colors: dict[str, str], names: list[str]) -> None:
+        rho = ((metrics.get("length") or {}).get(prompt_set) or {}).get("length_rating_spearman") or {}
+        for v in names:
+            es = data[v][prompt_set]
+            r = rho.get(v)
+            ax.scatter([words(e["response"]) for e in es], [float(e["rating"]) for e in es], s=12, alpha=0.7, color=colors[v],
+                       label=label(v, metrics) + (f" (ρ {r:+.2f})" if isinstance(r, (int, float)) else ""))
+        _threshold_line(ax, metrics, prompt_set, horizontal=True)
+        ax.set_xlabel("answer length (words)")
+        ax.set_ylabel("judge rating")
+        ax.legend(frameon=False, fontsize=7)
+
+    return _rating_figure(data, 4.2, "Rating against answer length (ρ: Spearman, per variant)", draw)
+
+
+def fig_reference(metrics: dict[str, Any]) -> Figure | None:
+    """This run's judge against the reference judge on the reference's answers, per prompt set."""
+    sets = (((metrics.get("judge") or {}).get("reference") or {}).get("sets")) or {}
+    agreement = (((metrics.get("validity") or {}).get("reference") or {}).get("sets")) or {}
+    if not sets:
+        return None
+    fig, axes = _figure(5.0 * len(sets), 4.2, ncols=len(sets))
+    for ax, (prompt_set, d) in zip(axes, sets.items()):
+        colors = variant_colors(d["variants"])
+        for j, v in enumerate(d["variants"]):
+            ax.scatter([row[j] for row in d["reference"]], [row[j] for row in d["judge"]], s=12, alpha=0.7,
+                       color=colors[v], label=label(v, metrics))
+        a = agreement.get(prompt_set) or {}
+        sp = (a.get("spearman") or {}).get("value")
+        ax.set_title(f"{prompt_set} prompts: Spearman {sp:+.2f} ({a.get('verdict', '')})" if isinstance(sp, float)
+                     else f"{prompt_set} prompts")
+        ax.set_xlabel("reference judge's rating")
+        ax.set_ylabel("this run's judge")
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle("This run's judge against the reference judge, on the reference's own answers")
+    return fig
+
+
 def _text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -341,6 +383,11 @@ def _make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tu
             f"{SET_RATE[s]} as the {s}-set threshold moves; dashed: the chosen threshold.", fig_sweep(metrics, s))
     figs["judge"] = ("The judge's ratings of held-out chosen and rejected replies (pairs no stage trained on); "
                      "dashed: the thresholds.", fig_judge(metrics))
+    figs["reference"] = ("This run's judge against the reference judge on the reference's own answers: points along a "
+                         "rising line mean the two judges agree.", fig_reference(metrics))
+    figs["length"] = ("Rating against answer length: a rising cloud means the judge rewards longer answers (see the "
+                      "Length section for each variant's effect at equal length); dashed: the threshold.",
+                      fig_length(data, metrics))
     return {name: (cap, fig) for name, (cap, fig) in figs.items() if fig is not None}
 
 
