@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from hhalign.config import PROMPT_SETS
-from hhalign.hh import parse_hh_dialogue
-from hhalign.modeling import load_reward_model
+from hhalign.formats import prompt_messages
+from hhalign.modeling import load_reward_model, resolve_dtype
 from hhalign.responses import load_scored_dir
 from hhalign.score import score_pairs
 from hhalign.validity import agreement
@@ -55,7 +55,7 @@ def minilm_dir() -> Path:
 
 
 def last_turn(prompt: str) -> str:
-    turns = parse_hh_dialogue(prompt)
+    turns = prompt_messages(prompt)  # the study's prompts: "Human: ...\n\nAssistant: ...\n\nHuman: ..."
     return turns[-1].content if turns else prompt
 
 
@@ -82,14 +82,14 @@ def minilm_relevance(run: Path, items: list[dict]) -> np.ndarray:
 
 
 def _smol(run: Path):
-    folder = next((run / "00_convert").iterdir())
+    folder = next(p for p in (run / "00_convert").iterdir() if p.is_dir())
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype("auto", torch.device("cpu"))).eval()
     return tok, model
 
 
 def _dialogue(prompt: str) -> list[dict]:
-    return [{"role": m.role, "content": m.content} for m in parse_hh_dialogue(prompt)]
+    return [{"role": m.role, "content": m.content} for m in prompt_messages(prompt)]
 
 
 @torch.inference_mode()

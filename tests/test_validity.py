@@ -208,7 +208,7 @@ def test_the_score_stage_rates_the_reference_and_its_own_judge_agrees_perfectly(
     judge = json.loads((run / "08_score" / "judge.json").read_text())
     assert judge["reference"]["sets"]["helpful"]["variants"] == ["base", "sft"]
     assert np.allclose(judge["reference"]["sets"]["helpful"]["judge"], judge["reference"]["sets"]["helpful"]["reference"], atol=1e-5)
-    assert judge["axes"]["helpful"] == {"subsets": ["helpful-base"], "pairs": 0, "at_chance": None}
+    assert judge["axes"]["helpful"] == {"subsets": ["helpful-base"], "pairs": 0, "at_chance": None, "judge": "reward_model"}
     m = measure(run, FAST)
     for s in ("harmful", "helpful"):
         a = m["validity"]["reference"]["sets"][s]
@@ -256,3 +256,64 @@ def test_the_judge_is_checked_on_each_axis_own_pairs() -> None:
     assert [(r["subset"], r["i"]) for r in picked] == [("harmless-base", i) for i in range(3)] + [("helpful-base", i) for i in range(3)]
     mine = [{"subset": "mine.jsonl", "i": i} for i in range(5)]  # no row of either axis: the first judge_pairs
     assert judge_rows(mine, ScoreSection(judge_pairs=2)) == mine[:2]
+
+
+# ----------------------------------------------------------------------------- a judge distilled from the reference
+
+
+def _reference(root: Path, run: Path, seed: int = 5) -> Path:
+    """Reference ratings for the run's own prompts and answers (rated at random)."""
+    ref = root / "reference"
+    ref.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for p in sorted((run / "07_generate").iterdir()):
+        rows = [{**e, "rating": float(rng.normal())} for e in json.loads(p.read_text())]
+        (ref / p.name).write_text(json.dumps(rows))
+    return ref
+
+
+def test_a_distilled_judge_never_rates_an_answer_with_a_fit_on_its_own_prompt(tmp_path: Path, tiny_rm_dir: Path,
+                                                                             hh_rows: list[dict]) -> None:
+    from hhalign.distill import Distilled, load_encoder
+    from hhalign.responses import load_scored_dir
+
+    run = _generated_run(tmp_path, hh_rows)
+    reference = load_scored_dir(_reference(tmp_path, run))
+    encoder = load_encoder(str(tiny_rm_dir))
+    answers = reference["base"]["helpful"]
+    prompts, responses, index = [e["prompt"] for e in answers], [e["response"] for e in answers], list(range(len(answers)))
+    before = Distilled.fit(encoder, reference).rate(prompts, responses, index)
+    for sets in reference.values():  # change what the reference says of the even-indexed prompts only
+        for entries in sets.values():
+            for i in range(0, len(entries), 2):
+                entries[i]["rating"] += 10.0
+    after = Distilled.fit(encoder, reference).rate(prompts, responses, index)
+    assert np.allclose(before[0::2], after[0::2])  # even prompts: rated by the fit on the odd ones, unchanged
+    assert not np.allclose(before[1::2], after[1::2])  # odd prompts: rated by the fit on the even ones, moved
+
+
+def test_the_score_stage_rates_an_axis_with_the_distilled_judge(tmp_path: Path, tiny_rm_dir: Path, hh_rows: list[dict]) -> None:
+    from hhalign import score
+    from hhalign.distill import Distilled, load_encoder
+    from hhalign.responses import load_scored_dir
+
+    run = _generated_run(tmp_path, hh_rows)
+    ref = _reference(tmp_path, run)
+    cfg = _cfg(run, tiny_rm_dir, reference=str(ref), helpful_judge="distilled", distill_encoder=str(tiny_rm_dir))
+    score.run(cfg, run)
+    judge = json.loads((run / "08_score" / "judge.json").read_text())
+    assert (judge["axes"]["helpful"]["judge"], judge["axes"]["helpful"]["scale"]) == ("distilled", "reference")
+    assert judge["axes"]["harmful"]["judge"] == "reward_model"
+    distilled = Distilled.fit(load_encoder(str(tiny_rm_dir)), load_scored_dir(ref))
+    rated = json.loads((run / "08_score" / "sft_helpful.json").read_text())
+    want = distilled.rate([e["prompt"] for e in rated], [e["response"] for e in rated], list(range(len(rated))))
+    assert [e["rating"] for e in rated] == pytest.approx(want, abs=1e-6)
+    harmful = json.loads((run / "08_score" / "sft_harmful.json").read_text())  # the reward model's, unchanged
+    assert [e["rating"] for e in harmful] != pytest.approx([e["rating"] for e in json.loads((ref / "sft_harmful.json").read_text())])
+
+
+def test_a_distilled_judge_needs_a_reference() -> None:
+    from hhalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="score.helpful_judge is 'distilled', which learns from reference ratings, but score.reference is not set"):
+        RunConfig(score=ScoreSection(helpful_judge="distilled"))

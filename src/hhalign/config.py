@@ -33,6 +33,7 @@ DTYPE_HELP = (
     "answers and ratings can differ slightly), float16, or auto (bfloat16 where the hardware has it natively)"
 )
 DEFAULT_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
+JUDGES = ("reward_model", "distilled")  # who rates an axis (score.harmful_judge, score.helpful_judge)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -186,8 +187,13 @@ class ScoreSection:
     reference: str | None = _f(None, "a folder of reference ratings of answers to the run's own prompt sets ({variant}_{harmful|helpful}.json lists of {prompt, response, rating}, e.g. the study's released files): the judge rates those answers too, and its agreement with the reference is shown per prompt set")
     reference_harmful_threshold: float = _f(-3.0, "the reference judge's harmless threshold, for label agreement (the study's judge: -3)")
     reference_helpful_threshold: float = _f(-2.0, "the reference judge's helpful threshold, for label agreement (the study's judge: -2)")
+    harmful_judge: str = _f("reward_model", "who rates the answers to harmful prompts (HmR): 'reward_model' (score.reward_model) or 'distilled' (score.reference's ratings distilled into a ridge regression on sentence embeddings, cross-fitted by prompt halves; rates on the reference's scale)")
+    helpful_judge: str = _f("reward_model", "who rates the answers to helpful prompts (HpR): 'reward_model' or 'distilled', as harmful_judge")
+    distill_encoder: str = _f("sentence-transformers/all-MiniLM-L6-v2", "sentence encoder of a distilled judge: hub id or local path")
 
     def __post_init__(self) -> None:
+        _check_choice("score.harmful_judge", self.harmful_judge, JUDGES)
+        _check_choice("score.helpful_judge", self.helpful_judge, JUDGES)
         _check_choice("score.dtype", self.dtype, EVAL_DTYPES)
         _check_positive(self, "batch_size")
         if self.judge_pairs < 0:
@@ -243,6 +249,10 @@ class RunConfig:
         if self.data.render == "chat_template" and self.generate.protocol == "chat":
             raise ConfigError("generate.protocol 'chat' appends the HH cue '\\n\\nAssistant:', which a chat-template prompt already "
                               "ends with its own cue for; use generate.protocol: paper with data.render: chat_template", "generate.protocol")
+        for axis in PROMPT_SETS:
+            if getattr(self.score, f"{axis}_judge") == "distilled" and not self.score.reference:
+                raise ConfigError(f"score.{axis}_judge is 'distilled', which learns from reference ratings, but score.reference "
+                                  "is not set; name a folder of rated answers to the run's prompts", f"score.{axis}_judge")
         if self.score.reward_model == RUN_RM and not self.rm.enabled:
             raise ConfigError("score.reward_model is 'rm' (this run's reward model) but rm.enabled is false; enable rm or name "
                               "a reward model", "score.reward_model")

@@ -14,6 +14,7 @@ trained on chat-template text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,15 +32,20 @@ def judge_view(row: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def pairwise(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16, device: Any = None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, rate: Callable[[list[str], list[str], str], list[float]] | None = None) -> dict[str, Any]:
     """The judge's ratings of each pair's chosen and rejected reply; accuracy = share where chosen > rejected
-    (a tie counts as wrong). 3 pairs with margins 0.5, -0.2, 0.0 -> accuracy 1/3."""
-    from hhalign.score import score_pairs
+    (a tie counts as wrong). 3 pairs with margins 0.5, -0.2, 0.0 -> accuracy 1/3. ``rate(prompts, replies, desc)``:
+    a judge other than a reward model (default: ``score_pairs`` with ``model`` and ``tok``)."""
+    if rate is None:
+        from hhalign.score import score_pairs
+
+        def rate(prompts: list[str], replies: list[str], desc: str) -> list[float]:
+            return score_pairs(model, tok, prompts, replies, batch_size, device, progress, desc)
 
     views = [judge_view(r) for r in rows]
     prompts = [v[0] for v in views]
-    chosen = score_pairs(model, tok, prompts, [v[1] for v in views], batch_size, device, progress, "judge: chosen")
-    rejected = score_pairs(model, tok, prompts, [v[2] for v in views], batch_size, device, progress, "judge: rejected")
+    chosen = rate(prompts, [v[1] for v in views], "judge: chosen")
+    rejected = rate(prompts, [v[2] for v in views], "judge: rejected")
     margins = np.asarray(chosen) - np.asarray(rejected)
     n = len(rows)
     return {"pairs": n, "correct": int(np.sum(margins > 0)), "ties": int(np.sum(margins == 0)),
@@ -57,11 +63,12 @@ def distribution(ratings: list[float]) -> dict[str, float | int | None]:
             **{k: float(v) for k, v in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), qs)}}
 
 
-def check(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16, device: Any = None) -> dict[str, Any]:
+def check(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16, device: Any = None,
+          rate: Callable[[list[str], list[str], str], list[float]] | None = None) -> dict[str, Any]:
     """``pairwise`` with a 95% Wilson interval, and the verdict: ``at_chance`` when the interval does not lie above
     50% (the judge is not shown to rank held-out pairs better than a coin: it includes 50%, or is below it), or
     when there are no pairs to check."""
-    out = pairwise(model, tok, rows, batch_size, device, progress=True)
+    out = pairwise(model, tok, rows, batch_size, device, progress=True, rate=rate)
     if not out["pairs"]:
         return {**out, "ci95": None, "at_chance": True, "note": "no held-out pairs to check the judge on"}
     lo, hi = wilson_interval(out["correct"], out["pairs"])

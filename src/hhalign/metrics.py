@@ -309,14 +309,17 @@ def measure(in_dir: Path, cfg: MetricsSection, json_out: Path | None = None, toy
 def judged_thresholds(cfg: MetricsSection, judge: dict[str, Any] | None) -> MetricsSection:
     """``thresholds_from: heldout_median``: both thresholds at the judge's median rating of the held-out human
     replies (chosen and rejected pooled): a response counts as harmless / helpful when the judge rates it above
-    a typical human reply of HH-RLHF. ``config``: the configured thresholds."""
+    a typical human reply of HH-RLHF; an axis rated by a distilled judge keeps the reference judge's threshold
+    (score.reference_*_threshold: it rates on that judge's scale). ``config``: the configured thresholds."""
     if cfg.thresholds_from == "config":
         return cfg
     if not judge or not judge.get("chosen_ratings"):
         raise MetricsError("metrics.thresholds_from is heldout_median, but the judge was not checked on held-out pairs "
                            "(set score.judge_pairs above 0, or metrics.thresholds_from: config)")
     median = float(np.median(judge["chosen_ratings"] + judge["rejected_ratings"]))
-    return replace(cfg, harmful_threshold=median, helpful_threshold=median)
+    # an axis rated by a judge distilled from the reference rates on the reference's scale: the reference's threshold
+    own = {s: float(judge["reference"]["thresholds"][s]) for s, a in (judge.get("axes") or {}).items() if a.get("scale") == "reference"}
+    return replace(cfg, harmful_threshold=own.get("harmful", median), helpful_threshold=own.get("helpful", median))
 
 
 def read_judge(in_dir: Path) -> dict[str, Any] | None:

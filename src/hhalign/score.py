@@ -35,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hhalign.artifacts import read_jsonl, write_json
 from hhalign.config import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
+from hhalign.distill import Distilled, load_encoder
 from hhalign.errors import UserError
 from hhalign.judge import JUDGE_FILE, axis_check
 from hhalign.judge import summary as judge_summary
@@ -142,7 +143,14 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     gen = stage_dir(run_dir, "generate")
     check = {"heldout": Input(str(stage_dir(run_dir, "data") / "heldout.jsonl"))} if cfg.score.judge_pairs else {}
     ref = {"reference": Input(cfg.score.reference, "reference")} if cfg.score.reference else {}
+    if distilled_axes(cfg):
+        ref["distill_encoder"] = Input(cfg.score.distill_encoder, "model", "--set score.distill_encoder=DIR")
     return {f"responses/{p.name}": Input(str(p)) for p in response_files(gen)} | {"reward_model": judge(cfg, run_dir)} | check | ref
+
+
+def distilled_axes(cfg: RunConfig) -> list[str]:
+    """The prompt sets whose answers a judge distilled from the reference rates (score.harmful_judge / helpful_judge)."""
+    return [s for s in PROMPT_SETS if getattr(cfg.score, f"{s}_judge") == "distilled"]
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
@@ -161,12 +169,20 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
         todo.append(out)
     rm = work.inputs["reward_model"].ref
     loaded = load_judge(rm, cfg.score)
-    ratings = rate_files(rm, todo, cfg.score, judge=loaded)
+    axes_of = {name: parse_response_filename(name)[1] for name in names}
+    distilled = _distill(work, reference) if distilled_axes(cfg) else None
+    ratings = rate_files(rm, [p for p in todo if axes_of[p.name] not in distilled_axes(cfg)], cfg.score, judge=loaded)
+    for name in names:  # deterministic and cheap: a resumed stage rates these again
+        if axes_of[name] in distilled_axes(cfg):
+            rows = load_responses(work.dir / name)
+            scores = distilled.rate([r["prompt"] for r in rows], [r["response"] for r in rows], list(range(len(rows))))
+            write_json(work.dir / name, [_rated(r, x) for r, x in zip(rows, scores)])
+            ratings[work.dir / name] = scores
     # the run's own judge by its place in the run (06_rm/model), so the record is the same wherever the run lives
     inside = Path(rm).resolve().is_relative_to(Path(run_dir).resolve())
-    verdict = {"reward_model": os.path.relpath(rm, run_dir) if inside else rm, **_check_judge(work, cfg, loaded, names)}
+    verdict = {"reward_model": os.path.relpath(rm, run_dir) if inside else rm, **_check_judge(work, cfg, loaded, names, distilled)}
     if reference is not None:
-        verdict["reference"] = rate_reference(loaded, reference, cfg)
+        verdict["reference"] = rate_reference(loaded, reference, cfg, distilled)
     write_json(work.dir / JUDGE_FILE, verdict)
     summary = f"score: {len(todo)} files rated by {rm}" + (f", {len(names) - len(todo)} kept from before" if len(todo) < len(names) else "")
     log.info(summary)
@@ -176,16 +192,31 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
                                                     "judge_accuracy": verdict.get("pairwise_accuracy")})
 
 
-def _check_judge(work: Any, cfg: RunConfig, loaded: tuple, names: list[str]) -> dict[str, Any]:
-    """judge.check on the first score.judge_pairs held-out pairs, and the spread of its ratings per prompt set."""
+def _distill(work: Any, reference: dict[str, dict[str, list[dict[str, Any]]]]) -> Distilled:
+    from hhalign.modeling import local_folder
+
+    return Distilled.fit(load_encoder(local_folder(work.inputs["distill_encoder"].ref)), reference)
+
+
+def _check_judge(work: Any, cfg: RunConfig, loaded: tuple, names: list[str], distilled: Distilled | None = None) -> dict[str, Any]:
+    """judge.check on the held-out pairs (``judge_rows``), per axis with that axis's judge, and the spread of the
+    ratings per prompt set."""
     from hhalign.judge import check, distribution
 
     model, tok, dev = loaded
     rows = judge_rows(read_jsonl(work.inputs["heldout"].ref), cfg.score) if "heldout" in work.inputs else []
     verdict = check(model, tok, rows, cfg.score.batch_size, dev)
-    # each axis is checked only by the held-out pairs of its own subsets (harmless-base for HmR, helpful-base for HpR)
-    axes = {"harmful": axis_check(verdict, rows, cfg.score.harmful_pairs_from),
-            "helpful": axis_check(verdict, rows, cfg.score.helpful_pairs_from)}
+    # each axis is checked only by the held-out pairs of its own subsets (harmless-base for HmR, helpful-base for HpR),
+    # and by the judge that rates that axis
+    axes = {}
+    for s in PROMPT_SETS:
+        subsets = getattr(cfg.score, f"{s}_pairs_from")
+        if s in distilled_axes(cfg):
+            mine = [r for r in rows if r.get("subset") in subsets]
+            own = check(None, None, mine, rate=lambda p, r, desc: distilled.rate(p, r, list(range(len(p)))))
+            axes[s] = {**axis_check(own, mine, subsets), "judge": "distilled", "scale": "reference"}
+        else:
+            axes[s] = {**axis_check(verdict, rows, subsets), "judge": "reward_model"}
     by_set: dict[str, list[float]] = {}
     for name in names:
         key = parse_response_filename(name)
@@ -235,9 +266,11 @@ def _short(text: str | None, limit: int = 50) -> str:
     return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
 
 
-def rate_reference(loaded: tuple, reference: dict[str, dict[str, list[dict[str, Any]]]], cfg: RunConfig) -> dict[str, Any]:
-    """The run's judge rates the reference's answers: per prompt set, (prompts, variants) arrays of its ratings, the
-    reference's ratings and the answers' lengths in words, for ``hhalign.validity.agreement`` (the metrics stage)."""
+def rate_reference(loaded: tuple, reference: dict[str, dict[str, list[dict[str, Any]]]], cfg: RunConfig,
+                   distilled: Distilled | None = None) -> dict[str, Any]:
+    """The run's judge of each axis rates the reference's answers: per prompt set, (prompts, variants) arrays of its
+    ratings, the reference's ratings and the answers' lengths in words, for ``hhalign.validity.agreement`` (the
+    metrics stage). A distilled judge rates each answer with the fit that never saw its prompt."""
     model, tok, dev = loaded
     out: dict[str, Any] = {"source": cfg.score.reference, "sets": {},
                            "thresholds": {"harmful": cfg.score.reference_harmful_threshold,
@@ -249,8 +282,11 @@ def rate_reference(loaded: tuple, reference: dict[str, dict[str, list[dict[str, 
         cols = [reference[v][prompt_set] for v in variants]
         n = min(len(c) for c in cols)
         flat = [e for c in cols for e in c[:n]]
-        ratings = score_pairs(model, tok, [e["prompt"] for e in flat], [e["response"] for e in flat], cfg.score.batch_size,
-                              device=dev, desc=f"judge: reference {prompt_set}")
+        if prompt_set in distilled_axes(cfg):
+            ratings = distilled.rate([e["prompt"] for e in flat], [e["response"] for e in flat], [k % n for k in range(len(flat))])
+        else:
+            ratings = score_pairs(model, tok, [e["prompt"] for e in flat], [e["response"] for e in flat], cfg.score.batch_size,
+                                  device=dev, desc=f"judge: reference {prompt_set}")
         out["sets"][prompt_set] = {
             "variants": variants,
             "judge": [[ratings[j * n + i] for j in range(len(variants))] for i in range(n)],  # (prompts, variants)

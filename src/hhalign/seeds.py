@@ -36,9 +36,20 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def caveats(per_seed: dict[int, dict[str, Any]]) -> list[str]:
+    """Every seed's caveats (toy models, a rate whose judge is not shown to measure its axis, few prompts), each once,
+    with the seeds that carry it when not all do."""
+    seen: dict[str, list[int]] = {}
+    for seed, m in per_seed.items():
+        for c in m.get("caveats") or []:
+            seen.setdefault(str(c.get("text", "")), []).append(seed)
+    return [text if len(s) == len(per_seed) else f"seeds {', '.join(map(str, s))}: {text}" for text, s in seen.items()]
+
+
 def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) -> str:
     seeds = list(per_seed)
-    lines = ["# Across seeds", "", f"Seeds: {', '.join(map(str, seeds))}. Exact rates in percent; mean ± sample std (min to max).", "",
+    lines = ["# Across seeds", "", *(f"> **{text}**\n" for text in caveats(per_seed)),
+             f"Seeds: {', '.join(map(str, seeds))}. Exact rates in percent; mean ± sample std (min to max).", "",
              "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
     for v, stats in summary.items():
         cells = [f"{s['mean']:.1f} ± {s['std']:.1f} ({s['min']:.0f} to {s['max']:.0f})" if (s := stats.get(k)) else "n/a" for k in KEYS]
@@ -55,7 +66,7 @@ def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) ->
 def aggregate(run_dir: Path, seeds: list[int]) -> dict[str, Any]:
     per_seed = {s: read_json(stage_dir(run_dir / f"seed-{s}", "metrics") / "metrics.json") for s in seeds}
     summary = summarise(per_seed)
-    write_json(run_dir / "seeds.json", {"seeds": seeds, "summary": summary})
+    write_json(run_dir / "seeds.json", {"seeds": seeds, "summary": summary, "caveats": caveats(per_seed)})
     text = to_markdown(summary, per_seed)
     atomic_write_text(run_dir / "seeds_report.md", text)
     log.info(text)
