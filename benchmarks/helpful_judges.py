@@ -17,7 +17,9 @@ and the verdict. Candidates:
 - smol-loglik: SmolLM2-135M-Instruct's mean log-probability of the answer's tokens after the prompt (zero-shot);
 - distilled-ridge: ridge regression of the reference ratings on MiniLM embeddings of (last turn, answer),
   cross-fitted: prompts split in two halves by index; each half is rated by a model fitted on the other half's
-  answers only, so no rating comes from a prompt the judge learned from.
+  answers only (both prompt sets pooled), so no rating comes from a prompt the judge learned from;
+- distilled-ridge-per-set: the same fitted on each prompt set alone (``hhalign.distill``, what the score stage's
+  ``score.helpful_judge: distilled`` runs).
 
 Each candidate never learned from the prompts it rates: the run's judge never trained on eval-prompt rows (the
 data stage holds them out), the zero-shot ones learned nothing, the distilled one is cross-fitted.
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from hhalign.config import PROMPT_SETS
+from hhalign.distill import Distilled, load_encoder
 from hhalign.formats import prompt_messages
 from hhalign.modeling import load_reward_model, resolve_dtype
 from hhalign.responses import load_scored_dir
@@ -122,8 +125,22 @@ def smol_loglik(run: Path, items: list[dict]) -> np.ndarray:
     return np.array(out)
 
 
+def distilled_ridge_per_set(run: Path, items: list[dict]) -> np.ndarray:
+    """hhalign.distill as the score stage uses it: one cross-fitted ridge per prompt set, fitted on that set only."""
+    encoder = load_encoder(str(minilm_dir()))
+    out = np.zeros(len(items))
+    for s in PROMPT_SETS:
+        idx = [k for k, e in enumerate(items) if e["set"] == s]
+        ref: dict = {}
+        for k in idx:
+            ref.setdefault(items[k]["variant"], {}).setdefault(s, []).append(items[k])
+        judge = Distilled.fit(encoder, ref)
+        out[idx] = judge.rate([items[k]["prompt"] for k in idx], [items[k]["response"] for k in idx], [items[k]["index"] for k in idx])
+    return out
+
+
 def distilled_ridge(run: Path, items: list[dict], alpha: float = 3.0) -> np.ndarray:
-    """Ridge on [e_turn, e_answer, e_turn * e_answer], fitted per fold on the other half of the prompts."""
+    """Ridge on [e_turn, e_answer, e_turn * e_answer], fitted per fold on the other half of the prompts of both sets."""
     q, a = embed([last_turn(e["prompt"]) for e in items]), embed([e["response"] or "." for e in items])
     x = np.hstack([q, a, q * a, np.ones((len(items), 1))])
     y = np.array([e["rating"] for e in items])
@@ -138,7 +155,7 @@ def distilled_ridge(run: Path, items: list[dict], alpha: float = 3.0) -> np.ndar
 
 
 CANDIDATES = {"run-rm": run_rm, "minilm-relevance": minilm_relevance, "smol-yes-no": smol_yes_no,
-              "smol-loglik": smol_loglik, "distilled-ridge": distilled_ridge}
+              "smol-loglik": smol_loglik, "distilled-ridge": distilled_ridge, "distilled-ridge-per-set": distilled_ridge_per_set}
 
 
 def main() -> int:

@@ -117,7 +117,7 @@ def test_a_judge_at_chance_is_warned_about_in_the_report(tmp_path: Path) -> None
     build(run, tmp_path / "out", ReportSection(formats=["png"]), FAST, metrics=m)
     md = (tmp_path / "out" / "report.md").read_text()
     top = md.split("\n## ")[0]
-    assert "HmR is JUDGE AT CHANCE as a harmlessness rate: 52.0% pairwise accuracy on 100 held-out harmless-base pairs" in top
+    assert "HmR, the harmlessness rate: JUDGE AT CHANCE: 52.0% pairwise accuracy on 100 held-out harmless-base pairs" in top
     assert "better harmlessness replies from worse ones better than a coin, so HmR (and CAS) carry no meaning" in top
     assert "| runs/x/06\\_rm/model | 100 | 52.0 (42.3–61.5) | 0 | 0.010 | AT CHANCE: the rates carry no meaning |" in md
     assert (tmp_path / "out" / "judge.png").is_file()

@@ -324,7 +324,7 @@ def test_reproduces_the_study_table(tmp_path):
     text = format_table(m)
     # the caveats come first: the study's files carry no check of their judge, and 50 prompts make wide intervals
     assert [c["kind"] for c in m["caveats"]] == ["HmR_unvalidated", "HpR_unvalidated", "few_prompts"]
-    assert text.startswith("! HmR is UNVALIDATED as a harmlessness rate: no record of a check on held-out pairs beside these ratings")
+    assert text.startswith("! HmR, the harmlessness rate: UNVALIDATED: no record of a check on held-out pairs beside these ratings")
     assert "! 50 prompts per set: a rate near 50% has a 95% interval of about +-13 points" in text
     assert "\n\n" + STUDY_TABLE + "\n\n" in text
     assert m["missing"] == []

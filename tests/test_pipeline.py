@@ -173,7 +173,7 @@ def test_seeds_share_data_and_aggregate(tmp_path: Path) -> None:
         assert summary[v]["CAS"]["mean"] == pytest.approx(sum(values) / 2)
     text = (run_dir / "seeds_report.md").read_text()
     assert "| Base |" in text and "## Per seed" in text and "| 2 | SFT |" in text
-    assert "> **Plumbing check:" in text and "> **HpR is UNVALIDATED as a helpfulness rate" in text  # each seed's caveats, once
+    assert "> **Plumbing check:" in text and "> **HpR, the helpfulness rate: UNVALIDATED" in text  # each seed's caveats, once
     # different seeds trained different models on the same data
     assert read_json(run_dir / "seed-1" / "03_sft" / "manifest.json")["settings"]["seed"] == 1
 

@@ -113,13 +113,13 @@ def test_an_axis_without_held_out_pairs_is_unvalidated_everywhere(tmp_path: Path
     assert [c["kind"] for c in saved["caveats"]] == ["HpR_unvalidated", "few_prompts"]  # metrics.json
     assert "none of the held-out pairs is from helpful-base" in saved["caveats"][0]["text"]
     console = format_table(m)
-    assert console.startswith("! HpR is UNVALIDATED as a helpfulness rate") and "HmR is" not in console.split("\n")[0]
+    assert console.startswith("! HpR, the helpfulness rate: UNVALIDATED") and "HmR," not in console.split("\n")[0]
     assert "judge behind HpR (helpfulness): unvalidated" in console
     build(run, tmp_path / "out", ReportSection(formats=["png"]), FAST, metrics=m)
     top = (tmp_path / "out" / "report.md").read_text().split("\n## ")[0]
-    assert "HpR is UNVALIDATED" in top and "HmR is" not in top  # the top of the report
+    assert "HpR, the helpfulness rate: UNVALIDATED" in top and "HmR," not in top  # the top of the report
     assert "| HpR | helpfulness | 0 | helpful-base | – | no reference | unvalidated |" in (tmp_path / "out" / "report.md").read_text()
-    assert "HpR is UNVALIDATED" in (tmp_path / "out" / "report.html").read_text()
+    assert "HpR, the helpfulness rate: UNVALIDATED" in (tmp_path / "out" / "report.html").read_text()
     figs = make_figures(m, load_scored_dir(run))
     assert {"rates", "ratings_box", "length"} <= set(figs)
     for name, (_, fig) in figs.items():  # on every figure
@@ -162,7 +162,7 @@ def test_compare_carries_each_runs_axis_caveats(tmp_path: Path) -> None:
         measure(run, FAST, json_out=run / "09_metrics" / "metrics.json")
     out = compare([a, b], tmp_path / "cmp", samples=200)
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert md.count("HpR is UNVALIDATED") == 1 and f"{a.name}: HpR is UNVALIDATED" in md.replace("\\_", "_")
+    assert md.count("HpR, the helpfulness rate: UNVALIDATED") == 1 and f"{a.name}: HpR, the helpfulness rate: UNVALIDATED" in md.replace("\\_", "_")
     assert {(r["run"], r["HpR_judge"]) for r in out["table"]} == {(str(a.name), "unvalidated"), (str(b.name), "validated")}
 
 
@@ -304,7 +304,8 @@ def test_the_score_stage_rates_an_axis_with_the_distilled_judge(tmp_path: Path, 
     judge = json.loads((run / "08_score" / "judge.json").read_text())
     assert (judge["axes"]["helpful"]["judge"], judge["axes"]["helpful"]["scale"]) == ("distilled", "reference")
     assert judge["axes"]["harmful"]["judge"] == "reward_model"
-    distilled = Distilled.fit(load_encoder(str(tiny_rm_dir)), load_scored_dir(ref))
+    helpful_only = {v: {"helpful": sets["helpful"]} for v, sets in load_scored_dir(ref).items()}  # fitted on its own set
+    distilled = Distilled.fit(load_encoder(str(tiny_rm_dir)), helpful_only)
     rated = json.loads((run / "08_score" / "sft_helpful.json").read_text())
     want = distilled.rate([e["prompt"] for e in rated], [e["response"] for e in rated], list(range(len(rated))))
     assert [e["rating"] for e in rated] == pytest.approx(want, abs=1e-6)

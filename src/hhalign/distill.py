@@ -2,14 +2,15 @@
 
 Offline there is no helpfulness preference data to train or check a helpfulness judge on, but the study's released
 files hold its judge's ratings of 400 answers to the same eval prompts. ``score.helpful_judge: distilled`` rates the
-answers to the helpful prompts with a ridge regression of those reference ratings on sentence embeddings of
+answers to the helpful prompts with a ridge regression of the reference's ratings of its answers to those prompts
+(the score stage fits one judge per axis, on that prompt set only) on sentence embeddings of
 (the prompt's last Human turn, the answer): features [e_turn, e_answer, e_turn * e_answer, 1] from a
 sentence-transformers encoder (mean pooling over the last hidden states, L2-normalised, as sentence-transformers
 does; all-MiniLM-L6-v2 in the smol preset). Measured against the reference judge on the study's answers
 (benchmarks/helpful_judges.py), this was the only candidate whose agreement on helpful prompts lies above none.
 
 Cross-fitting: the prompts of each set are split by index parity; answers to even-indexed prompts are rated by a
-fit on the reference answers to odd-indexed prompts (of both sets), and the other way round. So every rating, of
+fit on the reference answers to odd-indexed prompts, and the other way round. So every rating, of
 the run's answers and of the reference's own answers (the agreement figures), comes from a fit that never saw that
 prompt. The fit rates on the reference judge's scale, so its thresholds are the reference's.
 

@@ -297,7 +297,7 @@ def axis_caveat(status: dict[str, Any]) -> dict[str, str] | None:
         return None
     rate, what = status["rate"], status["axis"]
     means = _MEANS[s].format(rate=rate, what=what)
-    text = f"{rate} is {_SAYS[s]} as a {what} rate: " + "; ".join(status["evidence"]) + ". " + means[0].upper() + means[1:] + "."
+    text = f"{rate}, the {what} rate: {_SAYS[s]}: " + "; ".join(status["evidence"]) + ". " + means[0].upper() + means[1:] + "."
     return {"kind": f"{rate}_{s.replace(' ', '_')}", "axis": status["axis"], "short": f"{rate}: {_SAYS[s]}", "text": text}
 
 
