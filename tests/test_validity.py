@@ -318,3 +318,14 @@ def test_a_distilled_judge_needs_a_reference() -> None:
 
     with pytest.raises(ConfigError, match="score.helpful_judge is 'distilled', which learns from reference ratings, but score.reference is not set"):
         RunConfig(score=ScoreSection(helpful_judge="distilled"))
+
+
+def test_score_files_says_its_judge_is_unchecked(tmp_path: Path, tiny_rm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hhalign.cli import main
+
+    f = tmp_path / "base_harmful.json"
+    f.write_text(json.dumps([{"prompt": "Human: hi", "response": "hello"}, {"prompt": "Human: go", "response": "no"}]))
+    assert main(["score", "--reward-model", str(tiny_rm_dir), str(f)]) == 0
+    err = capsys.readouterr().err
+    assert "is unchecked on both axes here: nothing shows that its ratings measure harmlessness or helpfulness" in err
+    assert all(isinstance(e["rating"], float) for e in json.loads(f.read_text()))

@@ -70,12 +70,12 @@ def fmt_int(x: Any) -> str:
     return str(int(x)) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else DASH
 
 
-def fmt_ci(value: Any, interval: Any) -> str:
+def fmt_ci(value: Any, interval: Any, digits: int = 1) -> str:
     if not isinstance(value, (int, float)):
         return DASH
     if not interval or len(interval) != 2 or None in interval:
-        return fmt_num(value)
-    return f"{value:.1f} ({interval[0]:.1f}–{interval[1]:.1f})"
+        return fmt_num(value, digits)
+    return f"{value:.{digits}f} ({interval[0]:.{digits}f}–{interval[1]:.{digits}f})"
 
 
 def fmt_value(v: Any) -> str:
@@ -273,15 +273,7 @@ def validity_tables(report: Report) -> list[Table]:
 
 def _stat(d: Any, digits: int) -> str:
     d = d if isinstance(d, dict) else {}
-    return _ci_digits(d.get("value"), d.get("ci95"), digits)
-
-
-def _ci_digits(value: Any, interval: Any, digits: int) -> str:
-    if not isinstance(value, (int, float)):
-        return DASH
-    if not interval or None in interval:
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ({interval[0]:.{digits}f}–{interval[1]:.{digits}f})"
+    return fmt_ci(d.get("value"), d.get("ci95"), digits)
 
 
 def length_tables(report: Report) -> list[Table]:
@@ -296,8 +288,8 @@ def length_tables(report: Report) -> list[Table]:
             share = r.get("length_share")
             rows.append([s, label(v, report.metrics), fmt_num(words), fmt_num(rho, 2),
                          fmt_num(r.get("mean_words_diff")) if v != base else DASH,
-                         _ci_digits(r.get("raw"), r.get("raw_ci95"), 2) if v != base else DASH,
-                         _ci_digits(r.get("controlled"), r.get("controlled_ci95"), 2) if v != base else DASH,
+                         fmt_ci(r.get("raw"), r.get("raw_ci95"), 2) if v != base else DASH,
+                         fmt_ci(r.get("controlled"), r.get("controlled_ci95"), 2) if v != base else DASH,
                          fmt_num(100 * share, 0) if isinstance(share, (int, float)) else DASH,
                          fmt_ci(lab.get("raw"), lab.get("raw_ci95")) if v != base else DASH,
                          fmt_ci(lab.get("controlled"), lab.get("controlled_ci95")) if v != base else DASH])
