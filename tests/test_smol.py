@@ -76,4 +76,5 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     assert metrics["validity"]["axes"]["helpful"]["status"] in ("validated", "not shown to agree", "inverted")
     md = (run / "10_report" / "report.md").read_text()
     assert "## The judge" in md and "How far to trust the judge" in md and (run / "10_report" / "judge.png").is_file()
-    assert "judge " in done.stdout and "held-out pairs that no stage trained on" in done.stdout
+    said = done.stdout + done.stderr  # a judge at chance on its 24 pairs is a warning (stderr)
+    assert "judge " in said and "held-out pairs that no stage trained on" in said
