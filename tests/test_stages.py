@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from hhalign import stages
+from hhalign.cli import main
 from hhalign.configfile import load_config
 from hhalign.errors import ConfigError
 
@@ -301,3 +302,20 @@ def test_offline_mode_without_a_cached_copy_says_so(tmp_path: Path) -> None:
             del os.environ["HF_HUB_OFFLINE"]
         else:
             os.environ["HF_HUB_OFFLINE"] = env_before
+
+
+@pytest.mark.parametrize("extra", [["--set", "metrics.seed=1"], ["--data-dir", "x"], ["--name", "n"], ["--resume"]])
+def test_run_options_on_files_are_refused_not_ignored(extra: list[str], paper_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.json"
+    assert main(["metrics", str(paper_dir / "responses"), "--json", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"hhalign metrics: error: hhalign metrics: {extra[0]} apply to the stage run from a CONFIG (hhalign metrics "
+                   "CONFIG.yaml ...); on files they would be ignored: drop them, or give a CONFIG")
+    assert not out.exists()
+
+
+def test_the_preset_list_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "shipped preset by name (paper, paper_fast, smol, tiny)" in " ".join(capsys.readouterr().out.split())

@@ -20,9 +20,10 @@ from typing import Any
 import hhalign
 from hhalign import __version__, errors, logs, stages
 from hhalign.config import GenerateSection, MetricsSection, ScoreSection
+from hhalign.configfile import preset_names
 
 log = logging.getLogger("hhalign.cli")
-CONFIG_HELP = "a YAML config, or a shipped preset by name (tiny, paper, paper_fast)"
+CONFIG_HELP = f"a YAML config, or a shipped preset by name ({', '.join(n.removesuffix('.yaml') for n in preset_names())})"
 ONE_SHOT = ("generate", "score", "metrics", "report")
 
 
@@ -184,6 +185,15 @@ def _one_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reject_run_options(args: argparse.Namespace) -> None:
+    """The options of a stage run in a config's run folder mean nothing on files: refuse them rather than ignore them."""
+    given = [flag for flag, value in (("--set", args.overrides), ("--data-dir", args.data_dir), ("--name", args.name),
+                                       ("--resume", args.resume)) if value]
+    if given:
+        raise errors.UserError(f"hhalign {args.command}: {', '.join(given)} apply to the stage run from a CONFIG (hhalign "
+                               f"{args.command} CONFIG.yaml ...); on files they would be ignored: drop them, or give a CONFIG")
+
+
 def _thresholds(args: argparse.Namespace) -> MetricsSection:
     """The metrics settings for a folder: explicit flags first, then the run folder's own thresholds, then the
     defaults (the study's -3 / -2); says which when a run's own are used."""
@@ -278,6 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.config = targets[0]  # the stage, in the config's run folder
         else:
             args.files, args.dir = targets, targets[0] if targets else None
+            _reject_run_options(args)
             return _one_shot(args)
     return _stage(args)
 
