@@ -89,7 +89,6 @@ def test_cli_subcommands_come_from_the_table() -> None:
 
 
 def test_help_of_one_shot_options_is_the_config_fields_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from hhalign.cli import main
     from hhalign.config import GenerateSection
 
     with pytest.raises(SystemExit):
@@ -172,7 +171,6 @@ def test_an_interrupted_stage_with_other_inputs_starts_over(own_data: Path, tmp_
 ])
 def test_a_failed_command_leaves_a_finished_run_byte_identical(own_data: Path, tmp_path: Path, bad: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from hhalign.cli import main
 
     sets = sum((["--set", s] for s in _small(tmp_path, own_data)), [])
     assert main(["data", str(TINY), *sets]) == 0
@@ -193,7 +191,6 @@ def test_a_failed_command_leaves_a_finished_run_byte_identical(own_data: Path, t
 def test_a_bug_in_a_stage_shows_its_traceback_and_exits_1(own_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from hhalign import data
-    from hhalign.cli import main
 
     def broken(cfg, run_dir, **kwargs):
         return {}["no such key"]
@@ -212,7 +209,6 @@ def test_out_of_memory_names_the_batch_size_keys(own_data: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from hhalign.cli import main
     from hhalign.train import sft
 
     def oom(cfg, run_dir, **kwargs):
