@@ -22,7 +22,7 @@ from typing import Any
 from hhalign.artifacts import atomic_write_text, read_json, write_json
 from hhalign.config import PROMPT_SETS, VARIANT_LABELS
 from hhalign.errors import UserError
-from hhalign.metrics import with_holm
+from hhalign.metrics import merge_caveats, with_holm
 from hhalign.responses import load_scored_dir
 from hhalign.stages import stage_dir
 from hhalign.stats import paired_comparison
@@ -128,29 +128,10 @@ def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict
     notes = [{"kind": "unpaired", "short": "", "text": f"Not paired: {u['a']} and {u['b']} differ in " + "; ".join(u["differ_in"])
               + "."} for u in unpaired]
     metrics = {"thresholds": runs[0].metrics.get("thresholds"), "variants": variants, "paired": tests,
-               "caveats": [*run_caveats(runs), *notes], "missing": []}
+               "caveats": [*merge_caveats([(r.name, r.metrics.get("caveats") or []) for r in runs], skip=("few_prompts",)), *notes],
+               "missing": []}
     return Report(title=f"comparison of {len(runs)} runs", source=", ".join(str(r.dir) for r in runs), metrics=metrics,
                   data=data)
-
-
-def run_caveats(runs: list[Run]) -> list[dict[str, Any]]:
-    """Each run's caveats (toy models, a rate whose judge is not shown to measure its axis) once: as they are when
-    every run carries the same one, else prefixed with the runs that carry it."""
-    seen: dict[tuple[str, str], list[str]] = {}
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in runs:
-        for c in r.metrics.get("caveats") or []:
-            if c["kind"] != "few_prompts":
-                key = (c["kind"], c["text"])
-                seen.setdefault(key, []).append(r.name)
-                found[key] = c
-    out = []
-    for key, names in seen.items():
-        c = found[key]
-        if len(names) < len(runs):
-            c = {**c, "text": f"{', '.join(names)}: {c['text']}", "short": f"{', '.join(names)}: {c.get('short', '')}"}
-        out.append(c)
-    return out
 
 
 def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, samples: int = 10000) -> dict[str, Any]:

@@ -373,6 +373,24 @@ def caveats(metrics: dict[str, Any], judge: dict[str, Any] | None, toy: bool) ->
     return out
 
 
+def merge_caveats(by_owner: list[tuple[str, list[dict[str, Any]]]], skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The caveats of several runs or seeds ((owner name, its caveats); two owners may share a name), each once: as
+    it is when every owner carries it, else with its text and short line prefixed by the owners that do
+    ("seed-2: HpR, ..."). Kinds in ``skip`` are left out."""
+    seen: dict[tuple[str, str], tuple[dict[str, Any], list[str]]] = {}
+    for owner, cs in by_owner:
+        for c in cs:
+            if c.get("kind") not in skip:
+                seen.setdefault((str(c.get("kind")), str(c.get("text", ""))), (c, []))[1].append(owner)
+    out = []
+    for c, owners in seen.values():
+        if len(owners) < len(by_owner):
+            who = ", ".join(owners)
+            c = {**c, "text": f"{who}: {c.get('text', '')}", "short": f"{who}: {c.get('short', '')}"}
+        out.append(c)
+    return out
+
+
 def run_thresholds(in_dir: Path) -> dict[str, float] | None:
     """The thresholds a run folder was measured with (its metrics.json, else its config in the metrics manifest or
     run.json); None otherwise."""

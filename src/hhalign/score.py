@@ -170,10 +170,10 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     rm = work.inputs["reward_model"].ref
     loaded = load_judge(rm, cfg.score)
     axes_of = {name: parse_response_filename(name)[1] for name in names}
-    distilled = _distill(work, reference, distilled_axes(cfg))
-    ratings = rate_files(rm, [p for p in todo if axes_of[p.name] not in distilled_axes(cfg)], cfg.score, judge=loaded)
+    distilled = _distill(work, reference, distilled_axes(cfg))  # prompt set -> its judge, for the distilled axes
+    ratings = rate_files(rm, [p for p in todo if axes_of[p.name] not in distilled], cfg.score, judge=loaded)
     for name in names:  # deterministic and cheap: a resumed stage rates these again
-        if axes_of[name] in distilled_axes(cfg):
+        if axes_of[name] in distilled:
             rows = load_responses(work.dir / name)
             scores = distilled[axes_of[name]].rate([r["prompt"] for r in rows], [r["response"] for r in rows], list(range(len(rows))))
             write_json(work.dir / name, [_rated(r, x) for r, x in zip(rows, scores)])
@@ -216,7 +216,7 @@ def _check_judge(work: Any, cfg: RunConfig, loaded: tuple, names: list[str], dis
     axes = {}
     for s in PROMPT_SETS:
         subsets = getattr(cfg.score, f"{s}_pairs_from")
-        if s in distilled_axes(cfg):
+        if s in distilled:
             mine = [r for r in rows if r.get("subset") in subsets]
             own = check(None, None, mine, rate=lambda p, r, desc, s=s: distilled[s].rate(p, r, list(range(len(p)))))
             axes[s] = {**axis_check(own, mine, subsets), "judge": "distilled", "scale": "reference"}
@@ -287,7 +287,7 @@ def rate_reference(loaded: tuple, reference: dict[str, dict[str, list[dict[str, 
         cols = [reference[v][prompt_set] for v in variants]
         n = min(len(c) for c in cols)
         flat = [e for c in cols for e in c[:n]]
-        if prompt_set in distilled_axes(cfg):
+        if prompt_set in distilled:
             ratings = distilled[prompt_set].rate([e["prompt"] for e in flat], [e["response"] for e in flat], [k % n for k in range(len(flat))])
         else:
             ratings = score_pairs(model, tok, [e["prompt"] for e in flat], [e["response"] for e in flat], cfg.score.batch_size,

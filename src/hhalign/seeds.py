@@ -13,6 +13,7 @@ from typing import Any
 
 from hhalign.artifacts import atomic_write_text, read_json, write_json
 from hhalign.config import VARIANT_LABELS
+from hhalign.metrics import merge_caveats
 from hhalign.stages import stage_dir
 
 KEYS = ("HmR", "HpR", "CAS")
@@ -37,13 +38,8 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def caveats(per_seed: dict[int, dict[str, Any]]) -> list[str]:
-    """Every seed's caveats (toy models, a rate whose judge is not shown to measure its axis, few prompts), each once,
-    with the seeds that carry it when not all do."""
-    seen: dict[str, list[int]] = {}
-    for seed, m in per_seed.items():
-        for c in m.get("caveats") or []:
-            seen.setdefault(str(c.get("text", "")), []).append(seed)
-    return [text if len(s) == len(per_seed) else f"seeds {', '.join(map(str, s))}: {text}" for text, s in seen.items()]
+    """Every seed's caveats (toy models, a rate whose judge is not shown to measure its axis, few prompts), each once."""
+    return [c["text"] for c in merge_caveats([(f"seed-{s}", m.get("caveats") or []) for s, m in per_seed.items()])]
 
 
 def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) -> str:
