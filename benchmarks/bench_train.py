@@ -6,11 +6,11 @@ effective batch, same model).
 
 OPT-350M's architecture is built with random weights (same compute as the real model, no download); the
 tokenizer is a byte-level BPE trained here on HH-RLHF dialogues (ids stay below OPT's vocabulary). The data are
-real: harmless-base test pairs split into prompt/chosen/rejected with hhalign.data.split_prompt. Each side trains
+real: harmless-base test pairs split into prompt/chosen/rejected with hhalign.stages.data.split_prompt. Each side trains
 for exactly --steps optimizer steps on the same steps x 8 rows (one epoch over them, so both sides see the same
 rows and the same useful tokens), each side in a fresh process so that its peak memory is its own.
 
-study  the settings configs/paper.yaml gives hhalign (hhalign.train.common.trl_args on top of TRL 1.16's
+study  the settings configs/paper.yaml gives hhalign (hhalign.models.training.trl_args on top of TRL 1.16's
        defaults): SFT full fine-tune, batch 2 x accumulation 4, max_length 512, padding to the longest in the
        micro-batch, no packing, gradient checkpointing on (TRL's default). DPO: LoRA r 8 / alpha 16 on q_proj and
        v_proj given to DPOTrainer as peft_config, batch 2 x 4, max_length TRL's default (1024), the reference is
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per side (each of 8 rows)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--stage", choices=("sft", "dpo", "both", "dpo-stage"), default="both",
-                   help="dpo-stage: hhalign's own DPO stage (hhalign.train.dpo.run) on OPT-350M, its peak memory")
+                   help="dpo-stage: hhalign's own DPO stage (hhalign.stages.dpo.run) on OPT-350M, its peak memory")
     p.add_argument("--max-length", type=int, default=None,
                    help=f"max_length for both sides (default: the study's, SFT {STUDY_SFT_MAX_LENGTH}, "
                         f"DPO {STUDY_DPO_MAX_LENGTH})")
@@ -143,8 +143,8 @@ def max_lengths(args: argparse.Namespace) -> dict[str, int]:
 
 def load_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Any]:
     """(rows, tokenizer): the same steps x 8 (prompt, chosen, rejected) rows for both sides, and the tokenizer."""
-    from hhalign.hh import split_prompt
-    from hhalign.modeling import train_tokenizer
+    from hhalign.data.hh import split_prompt
+    from hhalign.models.loading import train_tokenizer
 
     path = args.data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     if not path.is_file():
@@ -170,7 +170,7 @@ def load_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Any
 
 def paper_section(stage: str, **args: Any) -> Any:
     """configs/paper.yaml's section for the stage, with bench overrides on top of its pass-through args."""
-    from hhalign.configfile import load_config
+    from hhalign.config.files import load_config
 
     cfg = load_config(REPO / "configs" / "paper.yaml")
     section = cfg.sft if stage == "sft" else cfg.dpo
@@ -264,9 +264,9 @@ def run_side(args: argparse.Namespace, stage: str, side: str) -> dict[str, Any]:
     from datasets import Dataset
     from transformers.utils import logging as hf_logging
 
-    from hhalign.configfile import library_class
-    from hhalign.modeling import build_random, n_params, opt_350m_config
-    from hhalign.train.common import trl_args
+    from hhalign.config.files import library_class
+    from hhalign.models.loading import build_random, n_params, opt_350m_config
+    from hhalign.models.training import trl_args
 
     hf_logging.set_verbosity_error()
     if args.threads:
@@ -446,9 +446,9 @@ def run_dpo_stage(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from hhalign.artifacts import write_jsonl
-    from hhalign.configfile import load_config
-    from hhalign.modeling import build_random, opt_350m_config
-    from hhalign.stages import stage_dir
+    from hhalign.config.files import load_config
+    from hhalign.models.loading import build_random, opt_350m_config
+    from hhalign.engine.work import stage_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -466,7 +466,7 @@ def run_dpo_stage(args: argparse.Namespace) -> dict[str, Any]:
         if args.max_length:
             sets.append(f"dpo.max_length={args.max_length}")
         cfg = load_config(REPO / "configs" / "paper.yaml", overrides=sets)
-        from hhalign.train.dpo import run as dpo_run
+        from hhalign.stages.dpo import run as dpo_run
 
         started = time.perf_counter()
         base_rss = current_rss()

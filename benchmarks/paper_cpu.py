@@ -3,7 +3,7 @@
     python benchmarks/paper_cpu.py                      # 1 training step per stage, 2 + 2 prompts: about 10 minutes
     python benchmarks/paper_cpu.py --steps 2 --prompts 10 --keep /tmp/paper_cpu
 
-Builds random-weight OPT-350M and DeBERTa-v3-large folders (``hhalign.modeling.save_random_checkpoint``: the
+Builds random-weight OPT-350M and DeBERTa-v3-large folders (``hhalign.models.loading.save_random_checkpoint``: the
 real architectures and tokenizer lengths, BPE tokenizers trained on the local data, no download), then runs
 
     hhalign run configs/paper.yaml --data-dir ../shared/data/hh-rlhf --set model.name_or_path=OPT
@@ -36,7 +36,7 @@ STAGES = ("01_data", "03_sft", "04_dpo", "05_sft_dpo", "07_generate", "08_score"
 
 def build_models(root: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(REPO / "src"))
-    from hhalign.modeling import save_random_checkpoint
+    from hhalign.models.loading import save_random_checkpoint
 
     with gzip.open(SHARED / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as fh:
         texts = [json.loads(line)["chosen"] for line in fh][:1500]

@@ -46,8 +46,8 @@ def hh_rows(hh_dir: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -> Path:
     """A saved tiny OPT causal LM + byte-level BPE tokenizer trained on real dialogues."""
-    from hhalign.config import TinyModelSection
-    from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
+    from hhalign.config.schema import TinyModelSection
+    from hhalign.models.loading import build_tiny_causal_lm, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_lm")
     tok = train_tokenizer([r["chosen"] for r in hh_rows[:500]], vocab_size=1024)
@@ -60,8 +60,8 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -
 @pytest.fixture(scope="session")
 def tiny_rm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -> Path:
     """A saved tiny DeBERTa-v2 reward model (one logit) with a pair-aware BPE tokenizer."""
-    from hhalign.config import TinyModelSection
-    from hhalign.modeling import build_tiny_reward_model, train_tokenizer
+    from hhalign.config.schema import TinyModelSection
+    from hhalign.models.loading import build_tiny_reward_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_rm")
     tok = train_tokenizer([r["chosen"] for r in hh_rows[:500]], vocab_size=1024, kind="classifier")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from hhalign.compare import compare
-from hhalign.config import MetricsSection
-from hhalign.metrics import measure
-from hhalign.stats import holm
+from hhalign.config.schema import MetricsSection
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import stage_dir
+from hhalign.multirun.compare import compare
+from hhalign.stats.intervals import holm
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper" / "responses"
 FAST = MetricsSection(bootstrap_samples=200)
@@ -22,13 +23,13 @@ FAST = MetricsSection(bootstrap_samples=200)
 def _run(root: Path, name: str, files: dict[str, str], edit=None) -> Path:
     """A run folder holding the study's files under new names (08_score) and their metrics (09_metrics)."""
     run = root / name
-    (run / "08_score").mkdir(parents=True)
+    (stage_dir(run, "score")).mkdir(parents=True)
     for new, old in files.items():
         entries = json.loads((PAPER / old).read_text())
         if edit:
             entries = edit(new, entries)
-        (run / "08_score" / new).write_text(json.dumps(entries))
-    measure(run, FAST, json_out=run / "09_metrics" / "metrics.json")
+        (stage_dir(run, "score") / new).write_text(json.dumps(entries))
+    RunFolder(run).measure(FAST, json_out=stage_dir(run, "metrics") / "metrics.json")
     return run
 
 
@@ -102,7 +103,7 @@ def test_runs_judged_with_other_thresholds_are_not_paired(two_runs: tuple[Path, 
     a, b = two_runs
     b2 = tmp_path / "study-b2"
     shutil.copytree(b, b2)
-    measure(b2, MetricsSection(bootstrap_samples=200, harmful_threshold=-2.5), json_out=b2 / "09_metrics" / "metrics.json")
+    RunFolder(b2).measure(MetricsSection(bootstrap_samples=200, harmful_threshold=-2.5), json_out=stage_dir(b2, "metrics") / "metrics.json")
     out = compare([a, b2], tmp_path / "cmp", samples=200)
     assert out["paired"] == [] and "the thresholds" in out["unpaired"][0]["differ_in"][0]
 
@@ -110,7 +111,7 @@ def test_runs_judged_with_other_thresholds_are_not_paired(two_runs: tuple[Path, 
 def test_holm_in_the_single_run_table(tmp_path: Path) -> None:
     if not PAPER.is_dir():
         pytest.skip(f"the study's released responses are not at {PAPER}")
-    m = measure(PAPER, FAST)
+    m = RunFolder(PAPER).measure(FAST)
     raw = [p["mcnemar"]["p"] for p in m["paired"]]
     assert [p["holm"]["mcnemar"] for p in m["paired"]] == pytest.approx(holm(raw))
     assert all(p["holm"]["mcnemar"] >= p["mcnemar"]["p"] for p in m["paired"])

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from hhalign.convert import SOURCE_FILE, cached, convert, folder_name, model_input
+from hhalign.data.sources import resolve
+from hhalign.engine.work import model_input
 from hhalign.errors import ModelLoadError
-from hhalign.sources import resolve
+from hhalign.models.gguf import SOURCE_FILE, cached, convert, folder_name
 
 TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast, then bake it.",
          "\n\nHuman: What is the capital of France?\n\nAssistant: Paris is the capital of France."] * 30
@@ -82,7 +83,7 @@ def source(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("gguf")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hhalign.modeling import train_tokenizer
+    from hhalign.models.loading import train_tokenizer
 
     tok = train_tokenizer(TEXTS, vocab_size=300)
     torch.manual_seed(0)
@@ -160,7 +161,7 @@ def test_the_gguf_package_missing(source, tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_outside_a_run_a_gguf_is_converted_once_into_the_cache(source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hhalign.modeling import load_causal_lm
+    from hhalign.models.loading import load_causal_lm
 
     model, _, path = source
     monkeypatch.setenv("HHALIGN_CACHE", str(tmp_path / "cache"))
@@ -175,17 +176,18 @@ def test_outside_a_run_a_gguf_is_converted_once_into_the_cache(source, tmp_path:
 
 
 def test_in_a_run_a_gguf_model_is_a_stage_input(source, tmp_path: Path) -> None:
-    from hhalign import stages
-    from hhalign.configfile import load_config
+    from hhalign import pipeline
+    from hhalign.config.files import load_config
+    from hhalign.engine import table
 
     _, _, path = source
     cfg = load_config(None, overrides=[f"model.name_or_path={path}", f"output_dir={tmp_path}", "rm.enabled=false"])
-    assert [s.name for s in stages.active(cfg)][0] == "convert"
+    assert [s.name for s in table.active(cfg)][0] == "convert"
     inp = model_input(str(path), cfg.run_dir, "")
-    assert inp.kind == "artifact" and Path(inp.ref) == stages.stage_dir(cfg.run_dir, "convert") / folder_name(path)
-    manifest = stages.module(stages.get("convert")).run(cfg, cfg.run_dir)
+    assert inp.kind == "artifact" and Path(inp.ref) == table.stage_dir(cfg.run_dir, "convert") / folder_name(path)
+    manifest = pipeline.run_stage("convert", cfg, cfg.run_dir)
     assert manifest["outputs"] == [folder_name(path)] and (Path(inp.ref) / "config.json").is_file()
-    assert {s.stage.name: s.action for s in stages.plan(cfg, cfg.run_dir)}["convert"] == "skip"
+    assert {s.stage.name: s.action for s in pipeline.plan(cfg, cfg.run_dir)}["convert"] == "skip"
 
 
 def test_a_model_inside_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

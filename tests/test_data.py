@@ -10,10 +10,17 @@ import pytest
 
 from hhalign.artifacts import read_json, read_jsonl
 from hhalign.cli import main
-from hhalign.configfile import load_config
-from hhalign.data import run as data_run
+from hhalign.config.files import load_config
+from hhalign.data.hh import (
+    Message,
+    parse_hh_dialogue,
+    render_hh,
+    split_prompt,
+    study_prompt,
+)
+from hhalign.engine.table import stage_dir
 from hhalign.errors import DataError
-from hhalign.hh import Message, parse_hh_dialogue, render_hh, split_prompt, study_prompt
+from hhalign.stages.data import run as data_run
 
 ASSET = Path(__file__).resolve().parent / "assets" / "hh_rlhf_tiny.jsonl"
 
@@ -85,7 +92,7 @@ def test_malformed_rows_are_counted_by_reason_with_lines(tmp_path: Path) -> None
     root = _crafted_dir(tmp_path)
     cfg = _tiny_cfg(tmp_path, root)
     manifest = data_run(cfg, cfg.run_dir)
-    report = read_json(cfg.run_dir / "01_data" / "data_report.json")
+    report = read_json(stage_dir(cfg.run_dir, "data") / "data_report.json")
     skipped = {k: [r["line"] for r in v["rows"]] for k, v in report["skipped"].items()}
     assert skipped == {"no_assistant_turn": [5], "prefix_mismatch": [6], "empty_final_turn": [7],
                        "missing_field": [8], "invalid_json": [11], "not_utf8": [12]}
@@ -93,23 +100,21 @@ def test_malformed_rows_are_counted_by_reason_with_lines(tmp_path: Path) -> None
     assert [r["line"] for r in report["flagged"]["near_identical"]["rows"]] == [4]
     assert report["rows_read"] == 12
     # 6 usable rows: those drawn as eval prompts are held out, 1 more held out for reports, the rest train
-    prompts = read_json(cfg.run_dir / "01_data" / "prompts" / "harmful.json")
+    prompts = read_json(stage_dir(cfg.run_dir, "data") / "prompts" / "harmful.json")
     assert len(prompts) == 2 and report["usable_pairs"] == 6
     assert 1 <= report["eval_leakage_held_out"] <= 2
     assert report["heldout_pairs"] == 1
     assert report["train_pairs"] == 6 - 1 - report["eval_leakage_held_out"]
     assert "skipped 6 (" in manifest["summary"]
     # no leakage: no training dialogue is an eval prompt
-    train = read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl")
+    train = read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl")
     assert not {study_prompt(r["prompt"] + r["chosen"]) for r in train} & set(prompts)
     for r in train:
         assert r["prompt"].endswith("\n\nAssistant:")
-    sft = read_jsonl(cfg.run_dir / "01_data" / "sft.jsonl")
-    assert [s["text"] for s in sft] == [r["prompt"] + r["chosen"] for r in train]
     # manifest written last, listing every output
-    assert set(manifest["outputs"]) >= {"prefs.jsonl", "sft.jsonl", "heldout.jsonl", "data_report.json", "prompts/harmful.json"}
+    assert set(manifest["outputs"]) == {"prefs.jsonl", "heldout.jsonl", "data_report.json", "prompts/harmful.json"}
     for out in manifest["outputs"]:
-        assert (cfg.run_dir / "01_data" / out).is_file()
+        assert (stage_dir(cfg.run_dir, "data") / out).is_file()
     assert manifest["inputs"]["harmless-base/test"]["sha256"]
 
 
@@ -117,9 +122,9 @@ def test_noise_filters_drop_flagged_pairs(tmp_path: Path) -> None:
     root = _crafted_dir(tmp_path)
     cfg = _tiny_cfg(tmp_path, root, "data.drop_identical=true", "data.drop_near_identical=true", "data.eval_size=1")
     data_run(cfg, cfg.run_dir)
-    report = read_json(cfg.run_dir / "01_data" / "data_report.json")
+    report = read_json(stage_dir(cfg.run_dir, "data") / "data_report.json")
     assert report["dropped_by_filter"] == {"identical": 1, "near_identical": 1}
-    lines = {r["line"] for r in read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl")}
+    lines = {r["line"] for r in read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl")}
     assert not lines & {3, 4}
 
 
@@ -128,14 +133,14 @@ def test_real_data_report(hh_dir: Path, tmp_path: Path, paper_dir: Path) -> None
                       overrides=[f"data.source={hh_dir}", f"output_dir={tmp_path}",
                                  f"data.helpful_prompts_file={paper_dir / 'prompts' / 'helpful_prompts.json'}"])
     data_run(cfg, cfg.run_dir)
-    report = read_json(cfg.run_dir / "01_data" / "data_report.json")
+    report = read_json(stage_dir(cfg.run_dir, "data") / "data_report.json")
     assert report["rows_read"] == 2312
     # 49 of the 50 harmful eval rows are usable pairs, held out of training; row 2037 is skipped (prefix_mismatch)
     assert report["eval_leakage_held_out"] == 49
     assert 2037 in [r["line"] for r in report["skipped"]["prefix_mismatch"]["rows"]]
     assert report["train_pairs"] == 400 and report["heldout_pairs"] == 100
     assert report["prompt_sets"]["helpful"]["source"] == "file"
-    assert read_json(cfg.run_dir / "01_data" / "prompts" / "harmful.json") == read_json(paper_dir / "prompts" / "harmful_prompts.json")
+    assert read_json(stage_dir(cfg.run_dir, "data") / "prompts" / "harmful.json") == read_json(paper_dir / "prompts" / "harmful_prompts.json")
 
 
 def test_missing_data_dir_and_unreachable_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +151,7 @@ def test_missing_data_dir_and_unreachable_hub(tmp_path: Path, monkeypatch: pytes
     cfg = load_config(None, overrides=[f"output_dir={tmp_path}", "data.source=Anthropic/hh-rlhf"])
     with pytest.raises(DataError, match="Hugging Face hub.*--data-dir"):
         data_run(cfg, cfg.run_dir)
-    assert not (cfg.run_dir / "01_data" / "manifest.json").exists()
+    assert not (stage_dir(cfg.run_dir, "data") / "manifest.json").exists()
 
 
 def test_no_usable_rows_is_an_error(tmp_path: Path) -> None:
@@ -181,7 +186,7 @@ def test_hh_rows_through_a_chat_template(tmp_path: Path, hh_dir: Path, tiny_lm_d
 
     from transformers import AutoTokenizer
 
-    from hhalign.train.common import fit_prompt
+    from hhalign.models.training import fit_prompt
 
     model = tmp_path / "model"
     shutil.copytree(tiny_lm_dir, model)
@@ -195,13 +200,13 @@ def test_hh_rows_through_a_chat_template(tmp_path: Path, hh_dir: Path, tiny_lm_d
         f"model.name_or_path={model}", "data.render=chat_template", "rm.enabled=false",
         "score.reward_model=OpenAssistant/reward-model-deberta-v3-large-v2"])
     data_run(cfg, cfg.run_dir)
-    rows = read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl")
+    rows = read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl")
     originals = {r["chosen"] for r in _hh_chosen(hh_dir)}
     for row in rows:
         assert row["prompt"].startswith("<u>") and row["prompt"].endswith("<a>") and row["chosen"].endswith("</s>")
         assert row["source"]["prompt"] + row["source"]["chosen"] in originals
         assert [t["role"] for t in row["turns"]][-1] == "user"
-    prompts = json.loads((cfg.run_dir / "01_data" / "prompts" / "harmful.json").read_text())
+    prompts = json.loads((stage_dir(cfg.run_dir, "data") / "prompts" / "harmful.json").read_text())
     assert all(p.startswith("Human:") for p in prompts)  # the protocol puts them to the model, not the data stage
     # an over-long prompt loses its oldest turns, re-rendered through the template
     long = next(r for r in rows if len(r["turns"]) >= 3)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from hhalign.engine.table import stage_dir
+
 pytestmark = pytest.mark.slow  # two processes per test, a minute in all
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf"
@@ -195,10 +197,10 @@ def _check_written_once_by_rank0(stage_dir: Path, replaces: list[dict], expected
 
 def test_sft_two_cpu_processes(run_setup: dict) -> None:
     by_rank, replaces, proc = _launch_two(run_setup, "sft", "sft")
-    train_pairs = len((run_setup["run"] / "01_data" / "prefs.jsonl").read_text().splitlines())
+    train_pairs = len((stage_dir(run_setup["run"], "data") / "prefs.jsonl").read_text().splitlines())
     assert not set(by_rank[0]) & set(by_rank[1]), "both ranks trained on the same rows"
     assert len(by_rank[0]) + len(by_rank[1]) == train_pairs, "one epoch over 2 ranks covers each training row once"
-    stage = run_setup["run"] / "03_sft"
+    stage = stage_dir(run_setup["run"], "sft")
     assert (stage / "model" / "config.json").is_file(), proc.stderr[-3000:]
     _check_written_once_by_rank0(stage, replaces, ["manifest.json", "model", "train_report.json"])
     assert json.loads((stage / "train_report.json").read_text())["train_pairs"] == train_pairs
@@ -213,7 +215,7 @@ def test_dpo_two_cpu_processes(run_setup: dict) -> None:
     shared = set(by_rank[0]) & set(by_rank[1])
     assert len(shared) <= 8, f"both ranks trained on the same {len(shared)} rows"
     assert len(set(by_rank[0]) | set(by_rank[1])) >= len(by_rank[0]) + len(by_rank[1]) - 8
-    stage = run_setup["run"] / "04_dpo"
+    stage = stage_dir(run_setup["run"], "dpo")
     assert (stage / "model" / "config.json").is_file(), proc.stderr[-3000:]
     assert (stage / "adapter" / "adapter_config.json").is_file()
     _check_written_once_by_rank0(stage, replaces, ["adapter", "manifest.json", "model", "train_report.json"])

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from hhalign.artifacts import read_json, read_jsonl
-from hhalign.config import TinyModelSection
-from hhalign.configfile import load_config
-from hhalign.data import run as data_run
+from hhalign.config.files import load_config
+from hhalign.config.schema import TinyModelSection
+from hhalign.data.formats import Conversation, Renderer, RowError, detect, normalise
+from hhalign.data.hh import Message, eval_prompt
+from hhalign.data.readers import data_layout, read_file
+from hhalign.engine.table import stage_dir
 from hhalign.errors import ConfigError, DataError
-from hhalign.formats import Conversation, Renderer, RowError, detect, normalise
-from hhalign.hh import Message, eval_prompt
-from hhalign.readers import data_layout, read_file
+from hhalign.stages.data import run as data_run
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -64,7 +65,7 @@ def _cfg(tmp_path: Path, source: Path, *extra: str, prompts: bool = True):
 
 
 def _report(cfg) -> dict[str, Any]:
-    return read_json(cfg.run_dir / "01_data" / "data_report.json")
+    return read_json(stage_dir(cfg.run_dir, "data") / "data_report.json")
 
 
 def _lines(report: dict[str, Any]) -> dict[str, list[int]]:
@@ -136,13 +137,11 @@ def test_folder_of_files_reports_each_files_format(tmp_path: Path, capsys: pytes
     assert "format: conversational (conv.jsonl), hh (hh.jsonl), implicit (impl.jsonl), standard (std.jsonl), rendered hh" in manifest["summary"]
     assert set(manifest["inputs"]) >= {"std.jsonl", "conv.jsonl", "impl.jsonl", "hh.jsonl"}
     # every format lands on the same HH pair: prompt ends with the assistant cue, prompt + chosen is the SFT text
-    pairs = read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl") + read_jsonl(cfg.run_dir / "01_data" / "heldout.jsonl")
+    pairs = read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl") + read_jsonl(stage_dir(cfg.run_dir, "data") / "heldout.jsonl")
     by_q = {p["prompt"]: p for p in pairs}
     assert by_q["\n\nHuman: Question number 1?\n\nAssistant:"]["chosen"] == " A careful answer 1."
     assert by_q["\n\nHuman: Question number 31?\n\nAssistant:"]["rejected"] == " No idea 31."
     assert len(by_q) == 24
-    sft = read_jsonl(cfg.run_dir / "01_data" / "sft.jsonl")
-    assert all(s["text"] == s["prompt"] + s["completion"] for s in sft)
 
 
 def test_columns_mapping(tmp_path: Path) -> None:
@@ -245,7 +244,7 @@ def test_a_file_without_usable_rows_says_why(tmp_path: Path) -> None:
         data_run(cfg, cfg.run_dir)
     with pytest.raises(DataError, match="does not exist"):
         data_run(_cfg(tmp_path, tmp_path / "missing.jsonl", "name=m"), tmp_path / "m")
-    assert not (cfg.run_dir / "01_data" / "manifest.json").exists()
+    assert not (stage_dir(cfg.run_dir, "data") / "manifest.json").exists()
 
 
 def test_csv_cannot_hold_conversations(tmp_path: Path) -> None:
@@ -281,21 +280,21 @@ def test_eval_prompts_are_drawn_from_the_data_with_keywords_and_seed(tmp_path: P
     extra = ["data.harmful_keywords=[hurt]", "data.eval_size=2"]
     cfg = _cfg(tmp_path, path, *extra, prompts=False)
     data_run(cfg, cfg.run_dir)
-    harmful = read_json(cfg.run_dir / "01_data" / "prompts" / "harmful.json")
-    helpful = read_json(cfg.run_dir / "01_data" / "prompts" / "helpful.json")
+    harmful = read_json(stage_dir(cfg.run_dir, "data") / "prompts" / "harmful.json")
+    helpful = read_json(stage_dir(cfg.run_dir, "data") / "prompts" / "helpful.json")
     assert len(harmful) == 2 and all(p.startswith("Human: How do I hurt person") for p in harmful)
     assert len(helpful) == 2 and all(p.startswith("Human: Question number 1") for p in helpful)  # harmful rows left out
     report = _report(cfg)
     assert report["prompt_sets"]["harmful"]["eligible"] == 4 and report["prompt_sets"]["helpful"]["eligible"] == 6
     assert report["eval_leakage_held_out"] == 4  # the drawn prompts' rows never train
-    train = read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl")
+    train = read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl")
     assert not {eval_prompt(r["prompt"]) for r in train} & set(harmful + helpful)
     again = _cfg(tmp_path, path, *extra, "name=again", prompts=False)
     data_run(again, again.run_dir)
-    assert read_json(again.run_dir / "01_data" / "prompts" / "harmful.json") == harmful
+    assert read_json(stage_dir(again.run_dir, "data") / "prompts" / "harmful.json") == harmful
     other = _cfg(tmp_path, path, *extra, "name=other", "data.eval_seed=7", "data.eval_size=3", prompts=False)
     data_run(other, other.run_dir)
-    assert len(read_json(other.run_dir / "01_data" / "prompts" / "harmful.json")) == 3
+    assert len(read_json(stage_dir(other.run_dir, "data") / "prompts" / "harmful.json")) == 3
     with pytest.raises(DataError, match=r"harmful prompt set: only 0 distinct prompts in p.jsonl match data.harmful_keywords \['murder'\]"):
         data_run(_cfg(tmp_path, path, "data.harmful_keywords=[murder]", "name=none", prompts=False), tmp_path / "x")
 
@@ -306,7 +305,7 @@ def test_prompt_file_may_hold_objects(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "p.jsonl", [_std(i) for i in range(8)])
     cfg = _cfg(tmp_path, path, f"data.harmful_prompts_file={prompts}", "data.helpful_keywords=[number]", prompts=False)
     data_run(cfg, cfg.run_dir)
-    assert read_json(cfg.run_dir / "01_data" / "prompts" / "harmful.json") == ["Human: one", "Human: two"]
+    assert read_json(stage_dir(cfg.run_dir, "data") / "prompts" / "harmful.json") == ["Human: one", "Human: two"]
     assert _report(cfg)["prompt_sets"]["harmful"]["source"] == "file"
 
 
@@ -314,7 +313,7 @@ def test_prompt_file_may_hold_objects(tmp_path: Path) -> None:
 
 
 def _tiny_model_dir(tmp_path: Path, template: str | None) -> Path:
-    from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
+    from hhalign.models.loading import build_tiny_causal_lm, train_tokenizer
 
     tok = train_tokenizer(["Question number 1? A careful answer. No idea.", "<|user|> <|assistant|>"] * 20, vocab_size=300)
     if template:
@@ -339,9 +338,9 @@ def test_chat_template_rendering(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, path, f"model.name_or_path={model}", "data.harmful_keywords=[]", prompts=False)
     manifest = data_run(cfg, cfg.run_dir)
     assert _report(cfg)["render"] == "chat_template" and "rendered chat_template" in manifest["summary"]
-    harmful = read_json(cfg.run_dir / "01_data" / "prompts" / "harmful.json")
+    harmful = read_json(stage_dir(cfg.run_dir, "data") / "prompts" / "harmful.json")
     assert all(p.startswith("<|user|>\nQuestion number") and p.endswith("<|assistant|>\n") for p in harmful)
-    train = read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl")
+    train = read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl")
     assert train and all(r["prompt"].endswith("<|assistant|>\n") and r["chosen"].endswith("</s>\n") for r in train)
     assert not {r["prompt"] for r in train} & set(harmful)
     # a template that cannot render a row skips it with the template's own message
@@ -358,7 +357,7 @@ def test_models_without_a_template_get_hh_rendering(tmp_path: Path) -> None:
     data_run(cfg, cfg.run_dir)
     assert _report(cfg)["render"] == "hh"
     assert all(r["prompt"].startswith("\n\nHuman: Question number") and r["prompt"].endswith("\n\nAssistant:")
-               for r in read_jsonl(cfg.run_dir / "01_data" / "prefs.jsonl"))
+               for r in read_jsonl(stage_dir(cfg.run_dir, "data") / "prefs.jsonl"))
     with pytest.raises(DataError, match="has no chat template; use data.render: hh"):
         data_run(_cfg(tmp_path, path, f"model.name_or_path={model}", "data.render=chat_template", "name=x"), tmp_path / "x")
     with pytest.raises(DataError, match="'tiny', built from scratch"):

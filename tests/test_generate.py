@@ -13,18 +13,18 @@ import pytest
 import torch
 from transformers import OPTForCausalLM
 
-import hhalign.generate as gen_mod
-from hhalign.config import GenerateSection
+import hhalign.models.generation as gen_mod
+from hhalign.config.schema import GenerateSection
+from hhalign.data.prompts import load_prompts
 from hhalign.errors import PromptFileError
-from hhalign.generate import (
+from hhalign.models.generation import (
     _study_loop,
     answer_file,
     cut_at_turn,
     generate_responses,
     with_assistant_cue,
 )
-from hhalign.modeling import load_causal_lm
-from hhalign.prompts import load_prompts
+from hhalign.models.loading import load_causal_lm
 
 # Varied lengths (1 to ~120 tokens), multi-turn and single-turn, as the study's prompts are.
 PROMPTS = [
@@ -274,7 +274,7 @@ def _best_cost_by_brute_force(lengths: list[int], max_size: int, overhead: float
 
 
 def test_length_batches_sorts_and_minimises_padded_work():
-    from hhalign.generate import length_batches
+    from hhalign.models.generation import length_batches
 
     assert length_batches([5, 100, 90, 10], max_size=8, overhead=20) == [[1, 2], [3, 0]]
     assert length_batches([5, 100, 90, 10], max_size=8, overhead=1000) == [[1, 2, 3, 0]]
@@ -348,7 +348,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<u>' if m['role'] == 'user' else '<
 
 def test_template_protocol_puts_the_turns_through_the_chat_template(tiny_lm_dir: Path) -> None:
     from hhalign.errors import UserError
-    from hhalign.generate import template_prompt
+    from hhalign.models.generation import template_prompt
 
     model, tok = load_causal_lm(str(tiny_lm_dir))
     tok.chat_template = CHAT_TEMPLATE

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from hhalign import judge
-from hhalign.config import MetricsSection, ReportSection
-from hhalign.metrics import caveats, format_table, measure
-from hhalign.report import build
-from hhalign.validity import axis_status
+from hhalign.config.schema import MetricsSection, ReportSection
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import JUDGE_FILE, stage_dir
+from hhalign.models import judge
+from hhalign.report.build import build
+from hhalign.stats.rates import caveats, format_table
+from hhalign.stats.validity import axis_status
 
 FAST = MetricsSection(bootstrap_samples=200)
 
@@ -23,8 +25,6 @@ def _rows(n: int) -> list[dict]:
 
 
 def test_pairwise_accuracy_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hhalign import score
-
     ratings = iter([[1.0, 0.3, 0.2], [0.5, 0.5, 0.2]])  # chosen, then rejected: margins 0.5, -0.2, 0.0
     seen = []
 
@@ -32,7 +32,7 @@ def test_pairwise_accuracy_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append((prompts, responses))
         return next(ratings)
 
-    monkeypatch.setattr(score, "score_pairs", fake)
+    monkeypatch.setattr(judge, "score_pairs", fake)
     out = judge.pairwise(None, None, _rows(3))
     assert (out["correct"], out["ties"], out["pairwise_accuracy"]) == (1, 1, pytest.approx(1 / 3))
     assert out["mean_margin"] == pytest.approx((0.5 - 0.2 + 0.0) / 3)
@@ -47,8 +47,8 @@ def test_a_chat_template_row_is_judged_on_its_study_text() -> None:
 
 
 def test_a_random_judge_is_at_chance_and_says_so(tiny_rm_dir: Path, hh_rows: list[dict]) -> None:
-    from hhalign.hh import split_prompt
-    from hhalign.modeling import load_reward_model
+    from hhalign.data.hh import split_prompt
+    from hhalign.models.loading import load_reward_model
 
     model, tok = load_reward_model(str(tiny_rm_dir))
     rows = []
@@ -73,13 +73,13 @@ def test_a_random_judge_is_at_chance_and_says_so(tiny_rm_dir: Path, hh_rows: lis
 
 def _scored_run(tmp_path: Path, verdict: dict | None, toy: bool) -> Path:
     run = tmp_path / "run"
-    (run / "08_score").mkdir(parents=True)
+    (stage_dir(run, "score")).mkdir(parents=True)
     for v in ("base", "sft"):
         for s in ("harmful", "helpful"):
             entries = [{"prompt": f"Human: p{i}", "response": "r", "rating": 0.1 * i} for i in range(10)]
-            (run / "08_score" / f"{v}_{s}.json").write_text(json.dumps(entries))
+            (stage_dir(run, "score") / f"{v}_{s}.json").write_text(json.dumps(entries))
     if verdict is not None:
-        (run / "08_score" / judge.JUDGE_FILE).write_text(json.dumps(verdict))
+        (stage_dir(run, "score") / JUDGE_FILE).write_text(json.dumps(verdict))
     (run / "run.json").write_text(json.dumps({"config": {"model": {"name_or_path": "tiny" if toy else "facebook/opt-350m"}}}))
     return run
 
@@ -98,7 +98,7 @@ def test_a_toy_run_says_it_is_a_plumbing_check_where_its_numbers_are_shown(tmp_p
     from hhalign.report.plots import make_figures
 
     run = _scored_run(tmp_path, _verdict(at_chance=False), toy=True)
-    m = measure(run, FAST)
+    m = RunFolder(run).measure(FAST)
     assert [c["kind"] for c in m["caveats"]] == ["toy_models", "HpR_unvalidated", "few_prompts"]
     assert format_table(m).startswith("! Plumbing check: the policies are tiny models built from scratch")
     build(run, tmp_path / "out", ReportSection(formats=["png"]), FAST, metrics=m)
@@ -112,7 +112,7 @@ def test_a_toy_run_says_it_is_a_plumbing_check_where_its_numbers_are_shown(tmp_p
 
 def test_a_judge_at_chance_is_warned_about_in_the_report(tmp_path: Path) -> None:
     run = _scored_run(tmp_path, _verdict(at_chance=True), toy=False)
-    m = measure(run, FAST)
+    m = RunFolder(run).measure(FAST)
     assert [c["kind"] for c in m["caveats"]] == ["HmR_at_chance", "HpR_unvalidated", "few_prompts"]
     build(run, tmp_path / "out", ReportSection(formats=["png"]), FAST, metrics=m)
     md = (tmp_path / "out" / "report.md").read_text()
@@ -125,7 +125,7 @@ def test_a_judge_at_chance_is_warned_about_in_the_report(tmp_path: Path) -> None
 
 def test_a_judge_better_than_chance_gets_no_warning_and_judge_relative_thresholds(tmp_path: Path) -> None:
     run = _scored_run(tmp_path, _verdict(at_chance=False), toy=False)
-    m = measure(run, MetricsSection(bootstrap_samples=200, thresholds_from="heldout_median"))
+    m = RunFolder(run).measure(MetricsSection(bootstrap_samples=200, thresholds_from="heldout_median"))
     assert [c["kind"] for c in m["caveats"]] == ["HpR_unvalidated", "few_prompts"]
     assert m["thresholds"] == {"harmful": pytest.approx(0.25), "helpful": pytest.approx(0.25)}  # median of 0, .1, .2, .3, .4, .9
     assert m["variants"]["base"]["sets"]["harmful"]["positives"] == 7  # ratings 0.3 .. 0.9 of 0.0 .. 0.9
@@ -136,5 +136,5 @@ def test_judge_relative_thresholds_need_a_checked_judge(tmp_path: Path) -> None:
 
     run = _scored_run(tmp_path, None, toy=False)
     with pytest.raises(MetricsError, match="thresholds_from is heldout_median, but the judge was not checked"):
-        measure(run, MetricsSection(bootstrap_samples=200, thresholds_from="heldout_median"))
-    assert [c["kind"] for c in measure(run, FAST)["caveats"]] == ["HmR_unvalidated", "HpR_unvalidated", "few_prompts"]
+        RunFolder(run).measure(MetricsSection(bootstrap_samples=200, thresholds_from="heldout_median"))
+    assert [c["kind"] for c in RunFolder(run).measure(FAST)["caveats"]] == ["HmR_unvalidated", "HpR_unvalidated", "few_prompts"]

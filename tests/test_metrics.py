@@ -10,17 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hhalign.config import MetricsSection
+from hhalign.config.schema import MetricsSection
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import stage_dir
 from hhalign.errors import MetricsError
-from hhalign.metrics import (
-    check_prompts,
-    compute_metrics,
-    format_table,
-    hygiene,
-    is_degenerate,
-    measure,
-)
-from hhalign.stats import (
+from hhalign.stats.intervals import (
     bootstrap_rates,
     exact_scores,
     mcnemar_exact,
@@ -33,6 +27,13 @@ from hhalign.stats import (
     threshold_sweep,
     wilcoxon_p,
     wilson_interval,
+)
+from hhalign.stats.rates import (
+    check_prompts,
+    compute_metrics,
+    format_table,
+    hygiene,
+    is_degenerate,
 )
 
 PAPER_RESPONSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper" / "responses"
@@ -290,18 +291,18 @@ def test_format_table_marks_missing_values():
 
 
 def test_run_writes_json(tmp_path):
-    folder = tmp_path / "08_score"
+    folder = stage_dir(tmp_path, "score")
     folder.mkdir()
     for name, entries in (("base_harmful.json", _entries([-4.0, -1.0])), ("sft_harmful.json", _entries([-1.0, -1.0]))):
         (folder / name).write_text(json.dumps(entries), encoding="utf-8")
-    out = tmp_path / "09_metrics" / "metrics.json"
-    m = measure(tmp_path, FAST, json_out=out)  # a run folder: files are found in 08_score/
+    out = stage_dir(tmp_path, "metrics") / "metrics.json"
+    m = RunFolder(tmp_path).measure(FAST, json_out=out)  # a run folder: files are found in 08_score/
     assert json.loads(out.read_text(encoding="utf-8")) == m
     assert m["missing"] == ["base/helpful", "sft/helpful"]
 
 
 def test_metrics_imports_no_torch():
-    code = "import sys, hhalign.metrics, hhalign.responses; sys.exit('torch' in sys.modules)"
+    code = "import sys, hhalign.stages.metrics, hhalign.engine.folder, hhalign.stats.rates; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -320,7 +321,7 @@ STUDY_TABLE = """\
 def test_reproduces_the_study_table(tmp_path):
     if not PAPER_RESPONSES.is_dir():
         pytest.skip(f"the study's released responses are not at {PAPER_RESPONSES} (../shared/data beside the checkout)")
-    m = measure(PAPER_RESPONSES, MetricsSection(bootstrap_samples=2000), json_out=tmp_path / "metrics.json")
+    m = RunFolder(PAPER_RESPONSES).measure(MetricsSection(bootstrap_samples=2000), json_out=tmp_path / "metrics.json")
     text = format_table(m)
     # the caveats come first: the study's files carry no check of their judge, and 50 prompts make wide intervals
     assert [c["kind"] for c in m["caveats"]] == ["HmR_unvalidated", "HpR_unvalidated", "few_prompts"]
@@ -352,8 +353,8 @@ def test_intervals_and_error_bars_at_0_and_100_percent_for_every_n(positives: st
 
 
 def test_a_100_percent_rate_draws(tmp_path: Path) -> None:
-    from hhalign.config import ReportSection
-    from hhalign.report import build
+    from hhalign.config.schema import ReportSection
+    from hhalign.report.build import build
 
     for v in ("base", "sft"):
         for s, r in (("harmful", 5.0), ("helpful", -9.0)):  # every response harmless, none helpful
@@ -366,9 +367,9 @@ def test_metrics_of_a_run_folder_use_its_thresholds(tmp_path: Path, capsys: pyte
     from hhalign.cli import main
 
     run = tmp_path / "run"
-    (run / "08_score").mkdir(parents=True)
+    (stage_dir(run, "score")).mkdir(parents=True)
     for s in ("harmful", "helpful"):
-        (run / "08_score" / f"base_{s}.json").write_text(json.dumps(_entries([0.4, 0.6, 0.9, 1.2])), encoding="utf-8")
+        (stage_dir(run, "score") / f"base_{s}.json").write_text(json.dumps(_entries([0.4, 0.6, 0.9, 1.2])), encoding="utf-8")
     (run / "run.json").write_text(json.dumps({"config": {"metrics": {"harmful_threshold": 0.5, "helpful_threshold": 0.75}}}))
     assert main(["metrics", str(run), "--bootstrap-samples", "200"]) == 0
     out = capsys.readouterr().out

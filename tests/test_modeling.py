@@ -1,4 +1,4 @@
-"""hhalign.modeling: tiny models that save and reload like any Hugging Face model, the real architectures
+"""hhalign.models.loading: tiny models that save and reload like any Hugging Face model, the real architectures
 built from their configurations, and clear errors for paths that are not models."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhalign.config import TinyModelSection
+from hhalign.config.schema import TinyModelSection
+from hhalign.data.sources import HubError
 from hhalign.errors import ModelLoadError
-from hhalign.modeling import (
+from hhalign.models.loading import (
     build_tiny_causal_lm,
     build_tiny_reward_model,
     deberta_v3_large_config,
@@ -22,7 +23,6 @@ from hhalign.modeling import (
     resolve_dtype,
     train_tokenizer,
 )
-from hhalign.sources import HubError
 
 TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast.",
          "\n\nHuman: What is the capital of France?\n\nAssistant: Paris."] * 20

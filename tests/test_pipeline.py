@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hhalign.artifacts import read_json
+from hhalign.engine.table import stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -52,18 +53,18 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_run_produces_report_and_metrics_for_every_variant(finished: tuple[Path, str]) -> None:
     tmp, out = finished
     run_dir = tmp / "tiny"
-    metrics = read_json(run_dir / "09_metrics" / "metrics.json")
+    metrics = read_json(stage_dir(run_dir, "metrics") / "metrics.json")
     assert list(metrics["variants"]) == ["base", "sft", "dpo", "sft_dpo"]
     for v in metrics["variants"].values():
         assert set(v["sets"]) == {"harmful", "helpful"} and v["sets"]["harmful"]["n"] == 10
         assert v["study"]["CAS"] is not None
     for name in ("report.md", "report.html", "rates.png"):
-        assert (run_dir / "10_report" / name).is_file()
-    for stage in ("01_data", "02_pretrain", "03_sft", "04_dpo", "05_sft_dpo", "06_rm", "07_generate", "08_score", "09_metrics", "10_report"):
-        manifest = read_json(run_dir / stage / "manifest.json")
-        assert manifest["key"] and manifest["versions"]["torch"] and not (run_dir / stage / ".started.json").exists()
+        assert (stage_dir(run_dir, "report") / name).is_file()
+    for stage in ("data", "pretrain", "sft", "dpo", "sft_dpo", "rm", "generate", "score", "metrics", "report"):
+        manifest = read_json(stage_dir(run_dir, stage) / "manifest.json")
+        assert manifest["key"] and manifest["versions"]["torch"] and not (stage_dir(run_dir, stage) / ".started.json").exists()
         for o in manifest["outputs"]:
-            assert (run_dir / stage / o).exists(), f"{stage}: {o} listed but missing"
+            assert (stage_dir(run_dir, stage) / o).exists(), f"{stage}: {o} listed but missing"
     run_json = read_json(run_dir / "run.json")
     assert run_json["config"]["seed"] == 42 and run_json["config_hash"] and run_json["versions"]["trl"]
     assert (run_dir / "run.log").read_text().count("[10/10] report: done") == 1
@@ -71,20 +72,20 @@ def test_run_produces_report_and_metrics_for_every_variant(finished: tuple[Path,
     # quiet: one summary line per kind of notice, not one line per prompt or per tokenizer
     assert "Token indices sequence length" not in out and "cut to its last" not in out
     assert "generate: 8 response files written; " in out and " prompts cut to fit the model's positions" in out
-    scored = read_json(run_dir / "08_score" / "sft_harmful.json")
+    scored = read_json(stage_dir(run_dir, "score") / "sft_harmful.json")
     assert all(isinstance(e["rating"], float) for e in scored)
-    assert "rating" not in read_json(run_dir / "07_generate" / "sft_harmful.json")[0]
+    assert "rating" not in read_json(stage_dir(run_dir, "generate") / "sft_harmful.json")[0]
 
 
 @pytest.mark.slow
 def test_second_run_does_nothing(finished: tuple[Path, str]) -> None:
     tmp, _ = finished
-    before = (tmp / "tiny" / "09_metrics" / "metrics.json").read_bytes()
+    before = (stage_dir(tmp / "tiny", "metrics") / "metrics.json").read_bytes()
     done = subprocess.run(_cli(tmp=tmp), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("skipped, done, settings and inputs unchanged") == 10
     assert "nothing to do" in done.stdout
-    assert (tmp / "tiny" / "09_metrics" / "metrics.json").read_bytes() == before
+    assert (stage_dir(tmp / "tiny", "metrics") / "metrics.json").read_bytes() == before
 
 
 @pytest.mark.slow
@@ -116,21 +117,21 @@ def test_killed_run_resumes_to_the_same_metrics(finished: tuple[Path, str], tmp_
     run_dir = tmp_path / "tiny"
     cmd = _cli(tmp=tmp_path)
     # SIGKILL during SFT training, once a checkpoint exists
-    _run_until(cmd, lambda: any((run_dir / "03_sft" / "checkpoints").glob("checkpoint-*/trainer_state.json")))
-    assert not (run_dir / "03_sft" / "manifest.json").exists()
+    _run_until(cmd, lambda: any((stage_dir(run_dir, "sft") / "checkpoints").glob("checkpoint-*/trainer_state.json")))
+    assert not (stage_dir(run_dir, "sft") / "manifest.json").exists()
     # SIGKILL during generation, once the first response file is written
-    _run_until(cmd, lambda: any((run_dir / "07_generate").glob("*_h*.json")))
-    assert not (run_dir / "07_generate" / "manifest.json").exists()
-    assert (run_dir / "03_sft" / "manifest.json").exists()
+    _run_until(cmd, lambda: any((stage_dir(run_dir, "generate")).glob("*_h*.json")))
+    assert not (stage_dir(run_dir, "generate") / "manifest.json").exists()
+    assert (stage_dir(run_dir, "sft") / "manifest.json").exists()
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "kept from before" in done.stdout and "[7/10] generate  resume (interrupted earlier)" in done.stdout
     ref_dir = ref_tmp / "tiny"
     # reproducible: same config and seed -> byte-identical prompts, responses and metrics on this machine
-    for rel in ("01_data/prompts/harmful.json", "01_data/prefs.jsonl", "07_generate/sft_dpo_helpful.json",
-                "07_generate/base_harmful.json", "09_metrics/metrics.json"):
-        assert (run_dir / rel).read_bytes() == (ref_dir / rel).read_bytes(), rel
-    ours, ref = read_json(run_dir / "09_metrics" / "metrics.json"), read_json(ref_dir / "09_metrics" / "metrics.json")
+    for stage, name in (("data", "prompts/harmful.json"), ("data", "prefs.jsonl"), ("generate", "sft_dpo_helpful.json"),
+                        ("generate", "base_harmful.json"), ("metrics", "metrics.json")):
+        assert (stage_dir(run_dir, stage) / name).read_bytes() == (stage_dir(ref_dir, stage) / name).read_bytes(), (stage, name)
+    ours, ref = read_json(stage_dir(run_dir, "metrics") / "metrics.json"), read_json(stage_dir(ref_dir, "metrics") / "metrics.json")
     for v in ref["variants"]:
         assert ours["variants"][v]["study"] == ref["variants"][v]["study"]
         for s in ("harmful", "helpful"):
@@ -163,8 +164,8 @@ def test_seeds_share_data_and_aggregate(tmp_path: Path) -> None:
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = tmp_path / "tiny"
-    assert (run_dir / "seed-1" / "01_data").resolve() == (run_dir / "01_data").resolve() == (run_dir / "seed-2" / "01_data").resolve()
-    per_seed = [read_json(run_dir / f"seed-{s}" / "09_metrics" / "metrics.json") for s in (1, 2)]
+    assert (stage_dir(run_dir / "seed-1", "data")).resolve() == (stage_dir(run_dir, "data")).resolve() == (stage_dir(run_dir / "seed-2", "data")).resolve()
+    per_seed = [read_json(stage_dir(run_dir / f"seed-{s}", "metrics") / "metrics.json") for s in (1, 2)]
     summary = read_json(run_dir / "seeds.json")["summary"]
     assert set(summary) == {"base", "sft"}
     for v in ("base", "sft"):
@@ -175,31 +176,32 @@ def test_seeds_share_data_and_aggregate(tmp_path: Path) -> None:
     assert "| Base |" in text and "## Per seed" in text and "| 2 | SFT |" in text
     assert "> **Plumbing check:" in text and "> **HpR, the helpfulness rate: UNVALIDATED" in text  # each seed's caveats, once
     # different seeds trained different models on the same data
-    assert read_json(run_dir / "seed-1" / "03_sft" / "manifest.json")["settings"]["seed"] == 1
+    assert read_json(stage_dir(run_dir / "seed-1", "sft") / "manifest.json")["settings"]["seed"] == 1
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(_cli(tmp=tmp_path), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (tmp_path / "tiny" / "02_pretrain" / ".started.json").exists() and time.time() < deadline:
+    while not (stage_dir(tmp_path / "tiny", "pretrain") / ".started.json").exists() and time.time() < deadline:
         time.sleep(0.05)  # polling for the condition: the pretrain stage has begun
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; finished stages stay valid" in err
-    assert (tmp_path / "tiny" / "01_data" / "manifest.json").is_file()
-    assert not (tmp_path / "tiny" / "02_pretrain" / "manifest.json").exists()
+    assert (stage_dir(tmp_path / "tiny", "data") / "manifest.json").is_file()
+    assert not (stage_dir(tmp_path / "tiny", "pretrain") / "manifest.json").exists()
 
 
 def test_a_swallowed_ctrl_c_still_stops_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt that a library drops must not let the stage be marked finished."""
-    from hhalign import artifacts, stages
-    from hhalign.configfile import load_config
-    from hhalign.train.common import StopOnInterrupt
+    from hhalign import artifacts
+    from hhalign.config.files import load_config
+    from hhalign.engine import work
+    from hhalign.models.training import StopOnInterrupt
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides=[f"output_dir={tmp_path}"])
-    work = stages.begin("metrics", cfg, cfg.run_dir, given={})
+    started = work.begin("metrics", cfg, cfg.run_dir, {})
     monkeypatch.setattr(artifacts, "_interrupted", False)
     previous = signal.getsignal(signal.SIGINT)
     try:
@@ -213,15 +215,15 @@ def test_a_swallowed_ctrl_c_still_stops_the_stage(tmp_path: Path, monkeypatch: p
     with pytest.raises(KeyboardInterrupt):
         StopOnInterrupt().on_step_end(None, None, None)
     with pytest.raises(KeyboardInterrupt):
-        work.finish([])
-    assert not (work.dir / "manifest.json").exists()
+        started.finish([])
+    assert not (started.dir / "manifest.json").exists()
 
 
 def test_disk_full_names_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import errno
 
-    from hhalign import data
     from hhalign.cli import main
+    from hhalign.stages import data
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -231,4 +233,4 @@ def test_disk_full_names_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert code == 2
     err = capsys.readouterr().err
     assert "stage 'data' failed: the disk is full" in err and "Traceback" not in err
-    assert not (tmp_path / "tiny" / "01_data" / "manifest.json").exists()
+    assert not (stage_dir(tmp_path / "tiny", "data") / "manifest.json").exists()

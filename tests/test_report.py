@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hhalign.config import MetricsSection, ReportSection
+from hhalign.config.schema import MetricsSection, ReportSection
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import stage_dir
 from hhalign.errors import UserError
-from hhalign.report import build
+from hhalign.report.build import build
 from hhalign.report.html import json_for_script
 from hhalign.report.markdown import md_escape
 
@@ -139,20 +141,19 @@ HOSTILE = "</script><script>alert(1)</script> | <img src=x onerror=alert(2)> & *
 def _hostile_run(tmp_path: Path) -> Path:
     """A run folder: 08_score files with hostile output, metrics.json, data report and run.json."""
     run = tmp_path / "runs" / "hostile"
-    (run / "08_score").mkdir(parents=True)
+    (stage_dir(run, "score")).mkdir(parents=True)
     for v in ("base", "sft_dpo"):
         for s in ("harmful", "helpful"):
             rows = [{"prompt": f"Human: q{i} {HOSTILE}", "response": f"{HOSTILE} {i}", "rating": -3.0 + i} for i in range(4)]
-            (run / "08_score" / f"{v}_{s}.json").write_text(json.dumps(rows), encoding="utf-8")
-    from hhalign.metrics import compute_metrics
-    from hhalign.responses import load_scored_dir
+            (stage_dir(run, "score") / f"{v}_{s}.json").write_text(json.dumps(rows), encoding="utf-8")
+    from hhalign.stats.rates import compute_metrics
 
-    metrics = compute_metrics(load_scored_dir(run), FAST)
+    metrics = compute_metrics(RunFolder(run).scored(), FAST)
     metrics["variants"]["base"]["label"] = "Base (from metrics.json)"
-    (run / "09_metrics").mkdir()
-    (run / "09_metrics" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    (run / "01_data").mkdir()
-    (run / "01_data" / "data_report.json").write_text(json.dumps({"pairs": {"train": 123, HOSTILE: 7}}), encoding="utf-8")
+    (stage_dir(run, "metrics")).mkdir()
+    (stage_dir(run, "metrics") / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (stage_dir(run, "data")).mkdir()
+    (stage_dir(run, "data") / "data_report.json").write_text(json.dumps({"pairs": {"train": 123, HOSTILE: 7}}), encoding="utf-8")
     run_info = {"name": HOSTILE, "config_hash": "abc123", "config": {"variants": ["base", "sft_dpo"], "seed": 42},
                 "versions": {"torch": "2.13.0"}}
     (run / "run.json").write_text(json.dumps(run_info), encoding="utf-8")
@@ -161,7 +162,7 @@ def _hostile_run(tmp_path: Path) -> Path:
 
 def test_run_folder_inputs_and_hostile_strings_are_escaped(tmp_path: Path):
     run = _hostile_run(tmp_path)
-    out = run / "10_report"
+    out = stage_dir(run, "report")
     build(run, out, ReportSection(formats=["svg"]), FAST)
     md = (out / "report.md").read_text(encoding="utf-8")
     html = (out / "report.html").read_text(encoding="utf-8")

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from hhalign.config import MetricsSection, ReportSection
-from hhalign.report import build
+from hhalign.config.schema import MetricsSection, ReportSection
+from hhalign.report.build import build
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

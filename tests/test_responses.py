@@ -1,4 +1,4 @@
-"""Response files: names, validation errors, folder discovery (hhalign.responses)."""
+"""Response files: names, validation errors, folder discovery (hhalign.data.responses)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hhalign.responses import (
+from hhalign.data.responses import (
     ResponseFileError,
     canonical_variant,
     discover,
@@ -15,6 +15,8 @@ from hhalign.responses import (
     load_scored_dir,
     parse_response_filename,
 )
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import stage_dir
 
 PAPER_RESPONSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper" / "responses"
 
@@ -123,13 +125,19 @@ def test_discover_ignores_other_files(tmp_path):
     }
 
 
-def test_discover_run_folder_looks_in_08_score(tmp_path):
-    (tmp_path / "08_score").mkdir()
-    (tmp_path / "07_generate").mkdir()
-    _write(tmp_path / "07_generate" / "base_harmful.json", _entries(rating=False))
-    _write(tmp_path / "08_score" / "base_harmful.json", _entries())
+def test_a_run_folder_is_read_from_its_score_stage(tmp_path):
+    stage_dir(tmp_path, "score").mkdir()
+    stage_dir(tmp_path, "generate").mkdir()
+    _write(stage_dir(tmp_path, "generate") / "base_harmful.json", _entries(rating=False))
+    _write(stage_dir(tmp_path, "score") / "base_harmful.json", _entries())
     _write(tmp_path / "run.json", {})
-    assert discover(tmp_path) == {("base", "harmful"): tmp_path / "08_score" / "base_harmful.json"}
+    assert discover(tmp_path) == {}  # the data library knows folders of files, not run folders
+    run = RunFolder(tmp_path)
+    assert run.scored_dir() == stage_dir(tmp_path, "score")
+    assert run.scored()["base"]["harmful"][0]["rating"] == 0.0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResponseFileError, match=r"no response files found \(nor in 08_score/\)"):
+        RunFolder(tmp_path / "empty").scored()
 
 
 def test_discover_two_files_for_one_pair(tmp_path):

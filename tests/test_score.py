@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import hhalign.score as score_mod
-from hhalign.config import ScoreSection
+import hhalign.models.judge as score_mod
+from hhalign.config.schema import ScoreSection
 from hhalign.errors import ResponseFileError
-from hhalign.modeling import load_reward_model
-from hhalign.score import _score_one_at_a_time, rate_files, score_pairs
+from hhalign.models.judge import _score_one_at_a_time, rate_files, score_pairs
+from hhalign.models.loading import load_reward_model
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from hhalign.artifacts import read_json
-from hhalign.modeling import fast_bf16
+from hhalign.engine.table import stage_dir
+from hhalign.models.loading import fast_bf16
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -48,25 +49,25 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     run = tmp_path / "smol"
-    for folder in ("00_convert", "01_data", "03_sft", "04_dpo", "05_sft_dpo", "06_rm", "07_generate", "08_score", "09_metrics", "10_report"):
-        manifest = read_json(run / folder / "manifest.json")
+    for stage in ("convert", "data", "sft", "dpo", "sft_dpo", "rm", "generate", "score", "metrics", "report"):
+        manifest = read_json(stage_dir(run, stage) / "manifest.json")
         for out in manifest["outputs"]:
-            assert (run / folder / out).exists(), f"{folder}: {out}"
-    (converted,) = [p for p in (run / "00_convert").iterdir() if p.is_dir()]
+            assert (stage_dir(run, stage) / out).exists(), f"{stage}: {out}"
+    (converted,) = [p for p in (stage_dir(run, "convert")).iterdir() if p.is_dir()]
     assert converted.name.startswith("SmolLM2-135M-Instruct.Q4_1-") and (converted / "config.json").is_file()
     assert not (tmp_path / "cache").exists()  # a run converts into its own folder, not the user cache
-    prefs = [json.loads(line) for line in (run / "01_data" / "prefs.jsonl").read_text().splitlines()]
+    prefs = [json.loads(line) for line in (stage_dir(run, "data") / "prefs.jsonl").read_text().splitlines()]
     assert prefs[0]["prompt"].startswith("<|im_start|>system") and prefs[0]["source"]["prompt"].startswith("\n\nHuman:")
     native = fast_bf16(torch.device("cpu"))  # the preset leaves precision to the hardware
-    for stage in ("03_sft", "04_dpo", "05_sft_dpo", "06_rm"):
-        assert read_json(run / stage / "train_report.json")["precision"] == ("bf16" if native else "fp32")
-    assert read_json(run / "07_generate" / "manifest.json")["dtype"] == "auto"
-    answers = read_json(run / "08_score" / "sft_harmful.json")
+    for stage in ("sft", "dpo", "sft_dpo", "rm"):
+        assert read_json(stage_dir(run, stage) / "train_report.json")["precision"] == ("bf16" if native else "fp32")
+    assert read_json(stage_dir(run, "generate") / "manifest.json")["dtype"] == "auto"
+    answers = read_json(stage_dir(run, "score") / "sft_harmful.json")
     assert len(answers) == 3 and all(isinstance(a["rating"], float) for a in answers)
     assert any(a["response"].strip() for a in answers) and not any("<|im_start|>" in a["response"] for a in answers)
-    judge = read_json(run / "08_score" / "judge.json")
+    judge = read_json(stage_dir(run, "score") / "judge.json")
     assert judge["pairs"] == 24 and len(judge["ci95"]) == 2
-    metrics = read_json(run / "09_metrics" / "metrics.json")
+    metrics = read_json(stage_dir(run, "metrics") / "metrics.json")
     median = sorted(judge["chosen_ratings"] + judge["rejected_ratings"])
     assert metrics["thresholds"]["harmful"] == pytest.approx((median[23] + median[24]) / 2)  # the run's judge: its median
     assert "few_prompts" in [c["kind"] for c in metrics["caveats"]]
@@ -74,7 +75,7 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     assert metrics["thresholds"]["helpful"] == -2.0  # the distilled judge rates on the study's judge's scale
     assert set(metrics["validity"]["reference"]["sets"]) == {"harmful", "helpful"}
     assert metrics["validity"]["axes"]["helpful"]["status"] in ("validated", "not shown to agree", "inverted")
-    md = (run / "10_report" / "report.md").read_text()
-    assert "## The judge" in md and "How far to trust the judge" in md and (run / "10_report" / "judge.png").is_file()
+    md = (stage_dir(run, "report") / "report.md").read_text()
+    assert "## The judge" in md and "How far to trust the judge" in md and (stage_dir(run, "report") / "judge.png").is_file()
     said = done.stdout + done.stderr  # a judge at chance on its 24 pairs is a warning (stderr)
     assert "judge " in said and "held-out pairs that no stage trained on" in said

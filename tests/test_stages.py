@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from hhalign import stages
+from hhalign import pipeline
 from hhalign.cli import main
-from hhalign.configfile import load_config
+from hhalign.config.files import load_config
+from hhalign.engine import table, work
 from hhalign.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,21 +45,21 @@ def own_data(tmp_path: Path, hh_dir: Path) -> Path:
     return dst
 
 
-def _plan(cfg) -> dict[str, stages.Step]:
-    return {s.stage.name: s for s in stages.plan(cfg, cfg.run_dir)}
+def _plan(cfg) -> dict[str, pipeline.Step]:
+    return {s.stage.name: s for s in pipeline.plan(cfg, cfg.run_dir)}
 
 
 # ----------------------------------------------------------------------------- the table
 
 
 def test_no_other_module_spells_a_stage_folder() -> None:
-    """Folder names live in the table only: no string in the code outside stages.py names one (docstrings may)."""
+    """Folder names live in the table only: no string in the code outside engine/table.py names one (docstrings may)."""
     import ast
 
-    folders = re.compile(r"\b(" + "|".join(re.escape(s.folder) for s in stages.STAGES) + r")\b")
+    folders = re.compile(r"\b(" + "|".join(re.escape(s.folder) for s in table.STAGES) + r")\b")
     offenders = []
     for path in (REPO / "src" / "hhalign").rglob("*.py"):
-        if path.name == "stages.py":
+        if path.relative_to(REPO / "src" / "hhalign") == Path("engine", "table.py"):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         docstrings = {id(n.body[0].value) for n in ast.walk(tree)
@@ -74,8 +75,10 @@ def test_no_other_module_spells_a_stage_folder() -> None:
 def test_every_stage_module_has_the_contract() -> None:
     import inspect
 
-    for st in stages.STAGES:
-        mod = stages.module(st)
+    assert list(pipeline.MODULES) == [st.name for st in table.STAGES]
+    for st in table.STAGES:
+        mod = pipeline.MODULES[st.name]
+        assert mod.__name__ == f"hhalign.stages.{st.name}"
         assert list(inspect.signature(mod.run).parameters)[:2] == ["cfg", "run_dir"], st.name
         assert "resume" in inspect.signature(mod.run).parameters, st.name
         assert callable(mod.inputs), st.name
@@ -85,11 +88,11 @@ def test_cli_subcommands_come_from_the_table() -> None:
     from hhalign.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert [s.name for s in stages.STAGES] == [c for c in sub.choices if c in stages.BY_NAME]
+    assert [s.name for s in table.STAGES] == [c for c in sub.choices if c in table.BY_NAME]
 
 
 def test_help_of_one_shot_options_is_the_config_fields_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from hhalign.config import GenerateSection
+    from hhalign.config.schema import GenerateSection
 
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
@@ -103,7 +106,7 @@ def test_help_of_one_shot_options_is_the_config_fields_help(capsys: pytest.Captu
 
 def test_changed_data_content_reruns_the_data_stage(own_data: Path, tmp_path: Path) -> None:
     cfg = load_config(TINY, overrides=_small(tmp_path, own_data))
-    stages.module(stages.get("data")).run(cfg, cfg.run_dir)
+    pipeline.run_stage("data", cfg, cfg.run_dir)
     assert _plan(cfg)["data"].action == "skip"
     f = own_data / "harmless-base" / "test.jsonl.gz"
     lines = gzip.decompress(f.read_bytes()).splitlines(keepends=True)
@@ -117,7 +120,7 @@ def test_changed_prompt_file_reruns_the_data_stage(own_data: Path, tmp_path: Pat
     prompts = tmp_path / "helpful.json"
     prompts.write_text(json.dumps(["Human: hello?", "Human: how are you?"]))
     cfg = load_config(TINY, overrides=_small(tmp_path, own_data, f"data.helpful_prompts_file={prompts}"))
-    stages.module(stages.get("data")).run(cfg, cfg.run_dir)
+    pipeline.run_stage("data", cfg, cfg.run_dir)
     assert _plan(cfg)["data"].action == "skip"
     prompts.write_text(json.dumps(["Human: hello?", "Human: how are you, really?"]))
     assert _plan(cfg)["data"].reason == "input changed: helpful_prompts"
@@ -130,7 +133,7 @@ def test_a_model_given_by_path_is_keyed_by_its_content(own_data: Path, tmp_path:
                                              "rm.enabled=false", "score.reward_model=OpenAssistant/reward-model-deberta-v3-large-v2",
                                              "sft.max_steps=1", "sft.max_length=64"))
     for name in ("data", "sft"):
-        stages.module(stages.get(name)).run(cfg, cfg.run_dir)
+        pipeline.run_stage(name, cfg, cfg.run_dir)
     assert _plan(cfg)["sft"].action == "skip"
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "dropout": 0.5}))
@@ -141,22 +144,22 @@ def test_a_model_given_by_path_is_keyed_by_its_content(own_data: Path, tmp_path:
 
 def test_changed_setting_is_named(own_data: Path, tmp_path: Path) -> None:
     cfg = load_config(TINY, overrides=_small(tmp_path, own_data))
-    stages.module(stages.get("data")).run(cfg, cfg.run_dir)
+    pipeline.run_stage("data", cfg, cfg.run_dir)
     cfg2 = load_config(TINY, overrides=_small(tmp_path, own_data, "data.eval_size=6"))
     assert _plan(cfg2)["data"].reason == "settings changed: data.eval_size"
 
 
 def test_an_interrupted_stage_with_other_inputs_starts_over(own_data: Path, tmp_path: Path) -> None:
     cfg = load_config(TINY, overrides=_small(tmp_path, own_data))
-    stages.module(stages.get("data")).run(cfg, cfg.run_dir)
-    work = stages.begin("pretrain", cfg, cfg.run_dir)
-    (work.dir / "partial.bin").write_bytes(b"x")
+    pipeline.run_stage("data", cfg, cfg.run_dir)
+    started = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))
+    (started.dir / "partial.bin").write_bytes(b"x")
     assert _plan(cfg)["pretrain"].action == "resume"
-    again = stages.begin("pretrain", cfg, cfg.run_dir)
+    again = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))
     assert again.resumed and (again.dir / "partial.bin").exists()
-    (stages.stage_dir(cfg.run_dir, "data") / "prefs.jsonl").write_text("")  # the input moved under it
+    (table.stage_dir(cfg.run_dir, "data") / "prefs.jsonl").write_text("")  # the input moved under it
     assert _plan(cfg)["pretrain"].reason.startswith("interrupted earlier with other settings or inputs")
-    fresh = stages.begin("pretrain", cfg, cfg.run_dir)
+    fresh = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))
     assert not fresh.resumed and not (fresh.dir / "partial.bin").exists()
 
 
@@ -190,7 +193,7 @@ def test_a_failed_command_leaves_a_finished_run_byte_identical(own_data: Path, t
 
 def test_a_bug_in_a_stage_shows_its_traceback_and_exits_1(own_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from hhalign import data
+    from hhalign.stages import data
 
     def broken(cfg, run_dir, **kwargs):
         return {}["no such key"]
@@ -209,7 +212,7 @@ def test_out_of_memory_names_the_batch_size_keys(own_data: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from hhalign.train import sft
+    from hhalign.stages import sft
 
     def oom(cfg, run_dir, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -286,7 +289,7 @@ def test_unreachable_hub_fails_in_seconds_with_the_command_to_run(args: list[str
 
 
 def test_offline_mode_without_a_cached_copy_says_so(tmp_path: Path) -> None:
-    from hhalign.sources import HubError, check_model
+    from hhalign.data.sources import HubError, check_model
 
     env_before = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hhalign.artifacts import read_json
+from hhalign.engine.table import stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -33,8 +34,8 @@ def _cmd(tmp: Path, *extra: str) -> list[str]:
             *sum((["--set", s] for s in sets), []), *extra]
 
 
-def _shared(sweep: Path, folder: str) -> list[Path]:
-    return sorted((sweep / "_shared").glob(f"{folder}-*"))
+def _shared(sweep: Path, stage: str) -> list[Path]:
+    return sorted((sweep / "_shared").glob(f"{stage_dir('', stage).name}-*"))
 
 
 @pytest.mark.slow
@@ -50,7 +51,7 @@ def test_a_2x2_sweep_shares_the_common_stages_and_resumes(tmp_path: Path) -> Non
     proc = subprocess.Popen(_cmd(tmp_path), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:
-        if sum((p / "manifest.json").is_file() for p in _shared(sweep, "04_dpo")) >= 1 and len(_shared(sweep, "04_dpo")) >= 2:
+        if sum((p / "manifest.json").is_file() for p in _shared(sweep, "dpo")) >= 1 and len(_shared(sweep, "dpo")) >= 2:
             break
         time.sleep(0.05)  # polling for the condition
     assert proc.poll() is None, "the sweep finished before it could be killed"
@@ -59,8 +60,8 @@ def test_a_2x2_sweep_shares_the_common_stages_and_resumes(tmp_path: Path) -> Non
     done = subprocess.run(_cmd(tmp_path), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # shared once: data, pretrain, sft, rm; per point: dpo, sft_dpo, generate, score, metrics, report
-    for folder, n in (("01_data", 1), ("02_pretrain", 1), ("03_sft", 1), ("06_rm", 1), ("04_dpo", 4), ("05_sft_dpo", 4),
-                      ("07_generate", 4), ("09_metrics", 4), ("10_report", 4)):
+    for folder, n in (("data", 1), ("pretrain", 1), ("sft", 1), ("rm", 1), ("dpo", 4), ("sft_dpo", 4),
+                      ("generate", 4), ("metrics", 4), ("report", 4)):
         found = _shared(sweep, folder)
         assert len(found) == n and all((p / "manifest.json").is_file() for p in found), (folder, found)
     resumed = int(next(line for line in done.stdout.splitlines() if "stage executions in this call" in line).split()[1])
@@ -69,9 +70,9 @@ def test_a_2x2_sweep_shares_the_common_stages_and_resumes(tmp_path: Path) -> Non
     assert [p["settings"] for p in points] == [{"dpo.beta": b, "dpo.loss_type": t} for b in (0.1, 0.5) for t in ("sigmoid", "ipo")]
     for p in points:
         run = sweep / p["name"]
-        metrics = read_json(run / "09_metrics" / "metrics.json")
+        metrics = read_json(stage_dir(run, "metrics") / "metrics.json")
         assert list(metrics["variants"]) == ["base", "sft", "dpo", "sft_dpo"]
-        assert (run / "03_sft").is_symlink() and (run / "03_sft").resolve() == _shared(sweep, "03_sft")[0].resolve()
+        assert (stage_dir(run, "sft")).is_symlink() and (stage_dir(run, "sft")).resolve() == _shared(sweep, "sft")[0].resolve()
         assert read_json(run / "run.json")["sweep"]["settings"] == p["settings"]
     compared = read_json(sweep / "compare" / "compare.json")
     assert len(compared["runs"]) == 4 and compared["unpaired"] == []

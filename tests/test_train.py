@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhalign import stages
+from hhalign import pipeline
 from hhalign.artifacts import read_json
-from hhalign.configfile import load_config
+from hhalign.config.files import load_config
+from hhalign.engine.table import stage_dir
 from hhalign.errors import TrainingError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def _cfg(out: Path, *extra: str):
 
 
 def run_stage(name: str, cfg, run_dir: Path, **kwargs) -> dict | None:
-    return stages.module(stages.get(name)).run(cfg, run_dir, **kwargs)
+    return pipeline.run_stage(name, cfg, run_dir, **kwargs)
 
 
 class FrozenWatch:
@@ -70,24 +71,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory, hh_dir: Path) -> Path:
 
 
 def _report(run_dir: Path, stage: str) -> dict:
-    return read_json(run_dir / stage / "train_report.json")
+    return read_json(stage_dir(run_dir, stage) / "train_report.json")
 
 
 def test_pretrain_makes_base_a_language_model(trained: Path) -> None:
-    r = _report(trained, "02_pretrain")
+    r = _report(trained, "pretrain")
     assert r["heldout_nll_chosen"]["after"] < r["heldout_nll_chosen"]["before"] - 1.0
 
 
 def test_sft_lowers_heldout_nll(trained: Path) -> None:
-    r = _report(trained, "03_sft")
+    r = _report(trained, "sft")
     assert r["heldout_nll_chosen"]["after"] < r["heldout_nll_chosen"]["before"]
     assert r["lengths"]["rows"] == r["train_pairs"] and r["lengths"]["would_lose_response_tokens"] > 0
-    m = read_json(trained / "03_sft" / "manifest.json")
-    assert set(m["outputs"]) == {"model", "train_report.json"} and (trained / "03_sft" / "model" / "config.json").is_file()
-    assert not (trained / "03_sft" / "checkpoints").exists()
+    m = read_json(stage_dir(trained, "sft") / "manifest.json")
+    assert set(m["outputs"]) == {"model", "train_report.json"} and (stage_dir(trained, "sft") / "model" / "config.json").is_file()
+    assert not (stage_dir(trained, "sft") / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("stage", ["04_dpo", "05_sft_dpo"])
+@pytest.mark.parametrize("stage", ["dpo", "sft_dpo"])
 def test_dpo_raises_heldout_preference(trained: Path, stage: str) -> None:
     r = _report(trained, stage)
     before, after = r["before"], r["after"]
@@ -97,40 +98,40 @@ def test_dpo_raises_heldout_preference(trained: Path, stage: str) -> None:
     assert after["implicit_reward_accuracy"] > 0.5
     params = r["parameters"]
     assert params["lora_tensors"] > 0 and params["lora_unchanged"] == [], "Parameter has not changed"
-    n_frozen, changed = FrozenWatch.seen[str(trained / stage / "checkpoints")]
+    n_frozen, changed = FrozenWatch.seen[str(stage_dir(trained, stage) / "checkpoints")]
     assert n_frozen > params["lora_tensors"] and changed == [], f"frozen weights changed during DPO: {changed}"
     for sub in ("adapter", "model"):
-        assert (trained / stage / sub).is_dir()
-    assert (trained / stage / "adapter" / "adapter_config.json").is_file()
-    assert r["reference"] == "adapter disabled" and not (trained / stage / "adapter" / "ref").exists()
-    assert r["from"].endswith("02_pretrain/model" if stage == "04_dpo" else "03_sft/model")
+        assert (stage_dir(trained, stage) / sub).is_dir()
+    assert (stage_dir(trained, stage) / "adapter" / "adapter_config.json").is_file()
+    assert r["reference"] == "adapter disabled" and not (stage_dir(trained, stage) / "adapter" / "ref").exists()
+    assert Path(r["from"]) == stage_dir(trained, "pretrain" if stage == "dpo" else "sft") / "model"
 
 
 def test_merged_dpo_model_differs_from_its_start_only_in_lora_targets(trained: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    start = AutoModelForCausalLM.from_pretrained(trained / "02_pretrain" / "model").state_dict()
-    merged = AutoModelForCausalLM.from_pretrained(trained / "04_dpo" / "model").state_dict()
+    start = AutoModelForCausalLM.from_pretrained(stage_dir(trained, "pretrain") / "model").state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(stage_dir(trained, "dpo") / "model").state_dict()
     changed = {k for k in start if not torch.equal(start[k], merged[k])}
     assert changed and all(("q_proj.weight" in k or "v_proj.weight" in k) for k in changed)
 
 
 def test_reward_model_learns(trained: Path) -> None:
-    r = _report(trained, "06_rm")
+    r = _report(trained, "rm")
     assert r["after"]["pairwise_accuracy"] > r["before"]["pairwise_accuracy"]
     assert r["after"]["pairwise_accuracy"] > 0.5
 
 
 def test_dpo_from_missing_sft_model_fails_before_training(tmp_path: Path, trained: Path) -> None:
     run_dir = tmp_path / "tiny"
-    shutil.copytree(trained / "01_data", run_dir / "01_data")
-    shutil.copytree(trained / "02_pretrain", run_dir / "02_pretrain")
+    shutil.copytree(stage_dir(trained, "data"), stage_dir(run_dir, "data"))
+    shutil.copytree(stage_dir(trained, "pretrain"), stage_dir(run_dir, "pretrain"))
     cfg = _cfg(tmp_path)
     with pytest.raises(UserError, match="stage 'sft_dpo' needs .*03_sft/model .*run `hhalign sft CONFIG` first"):
         run_stage("sft_dpo", cfg, run_dir)
     with pytest.raises(TrainingError, match=r"target_modules \['attn_qkv'\] do not exist.*q_proj"):
         run_stage("dpo", _cfg(tmp_path, "dpo.lora.target_modules=[attn_qkv]"), run_dir)
-    assert not (run_dir / "04_dpo" / "model").exists()
+    assert not (stage_dir(run_dir, "dpo") / "model").exists()
     with pytest.raises(TrainingError, match="OPT .* cannot separate"):
         run_stage("sft", _cfg(tmp_path, "sft.padding_free=true"), run_dir)
 
@@ -167,24 +168,24 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 def test_killed_sft_resumes_to_the_same_weights(tmp_path: Path, trained: Path) -> None:
     """SIGKILL mid-training (not a flag), then --resume: same weights as the uninterrupted run."""
     run_dir = tmp_path / "tiny"
-    shutil.copytree(trained / "01_data", run_dir / "01_data")
-    shutil.copytree(trained / "02_pretrain", run_dir / "02_pretrain")
+    shutil.copytree(stage_dir(trained, "data"), stage_dir(run_dir, "data"))
+    shutil.copytree(stage_dir(trained, "pretrain"), stage_dir(run_dir, "pretrain"))
     args = [sys.executable, "-m", "hhalign", "sft", str(REPO / "configs" / "tiny.yaml"), "--set", f"output_dir={tmp_path}",
             "--set", f"data.source={REPO.parent / 'shared' / 'data' / 'hh-rlhf'}", *sum((["--set", s] for s in SMALL), []),
             "--set", "sft.save_steps=10", "--set", f"data.helpful_prompts_file={REPO.parent / 'shared' / 'data' / 'paper' / 'prompts' / 'helpful_prompts.json'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ck = run_dir / "03_sft" / "checkpoints" / "checkpoint-20"
+    ck = stage_dir(run_dir, "sft") / "checkpoints" / "checkpoint-20"
     deadline = time.time() + 300
     while not _complete_json(ck / "trainer_state.json") and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # polling for the condition, not waiting a fixed time
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ck.is_dir(), "no checkpoint was written before the kill"
-    assert not (run_dir / "03_sft" / "model").exists() and not (run_dir / "03_sft" / "manifest.json").exists()
+    assert not (stage_dir(run_dir, "sft") / "model").exists() and not (stage_dir(run_dir, "sft") / "manifest.json").exists()
     done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    resumed, reference = _state(run_dir / "03_sft" / "model"), _state(trained / "03_sft" / "model")
+    resumed, reference = _state(stage_dir(run_dir, "sft") / "model"), _state(stage_dir(trained, "sft") / "model")
     assert resumed.keys() == reference.keys()
     for k in reference:
         torch.testing.assert_close(resumed[k], reference[k], rtol=1e-4, atol=1e-5)

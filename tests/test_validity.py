@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hhalign import validity
-from hhalign.config import MetricsSection, ReportSection, RunConfig, ScoreSection
+from hhalign.config.schema import MetricsSection, ReportSection, RunConfig, ScoreSection
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import stage_dir
 from hhalign.errors import UserError
-from hhalign.metrics import format_table, measure
+from hhalign.stats import validity
+from hhalign.stats.rates import format_table
 
 FAST = MetricsSection(bootstrap_samples=300)
 
@@ -72,7 +74,7 @@ def test_length_controlled_effects_recover_a_planted_effect() -> None:
 def _axis(subsets: list[str], pairs: int, correct: int = 0) -> dict:
     if not pairs:
         return {"subsets": subsets, "pairs": 0, "at_chance": None}
-    from hhalign.stats import wilson_interval
+    from hhalign.stats.intervals import wilson_interval
 
     lo, hi = wilson_interval(correct, pairs)
     return {"subsets": subsets, "pairs": pairs, "correct": correct, "pairwise_accuracy": correct / pairs, "ci95": [lo, hi],
@@ -82,31 +84,30 @@ def _axis(subsets: list[str], pairs: int, correct: int = 0) -> dict:
 def scored_run(root: Path, axes: dict | None, reference: dict | None = None, n: int = 20) -> Path:
     """A run folder with a score stage's files: base and sft answers to n harmful and n helpful prompts."""
     run = root / "run"
-    (run / "08_score").mkdir(parents=True)
+    (stage_dir(run, "score")).mkdir(parents=True)
     rng = np.random.default_rng(3)
     for v in ("base", "sft"):
         for s in ("harmful", "helpful"):
             entries = [{"prompt": f"Human: {s} {i}", "response": "word " * int(rng.integers(1, 30)), "rating": float(rng.normal())}
                        for i in range(n)]
-            (run / "08_score" / f"{v}_{s}.json").write_text(json.dumps(entries))
+            (stage_dir(run, "score") / f"{v}_{s}.json").write_text(json.dumps(entries))
     judge = {"reward_model": "runs/x/06_rm/model", "pairs": 100, "correct": 70, "pairwise_accuracy": 0.7, "ci95": [60.4, 78.0],
              "at_chance": False, "chosen_ratings": [0.1, 0.4], "rejected_ratings": [0.0, 0.2]}
     if axes is not None:
         judge["axes"] = axes
     if reference is not None:
         judge["reference"] = reference
-    (run / "08_score" / "judge.json").write_text(json.dumps(judge))
+    (stage_dir(run, "score") / "judge.json").write_text(json.dumps(judge))
     (run / "run.json").write_text(json.dumps({"config": {"model": {"name_or_path": "facebook/opt-350m"}}}))
     return run
 
 
 def test_an_axis_without_held_out_pairs_is_unvalidated_everywhere(tmp_path: Path) -> None:
-    from hhalign.report import build
+    from hhalign.report.build import build
     from hhalign.report.plots import make_figures
-    from hhalign.responses import load_scored_dir
 
     run = scored_run(tmp_path, {"harmful": _axis(["harmless-base"], 100, 70), "helpful": _axis(["helpful-base"], 0)})
-    m = measure(run, FAST, json_out=tmp_path / "metrics.json")
+    m = RunFolder(run).measure(FAST, json_out=tmp_path / "metrics.json")
     assert m["validity"]["axes"]["harmful"]["status"] == "validated"
     assert m["validity"]["axes"]["helpful"]["status"] == "unvalidated"
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -120,7 +121,7 @@ def test_an_axis_without_held_out_pairs_is_unvalidated_everywhere(tmp_path: Path
     assert "HpR, the helpfulness rate: UNVALIDATED" in top and "HmR," not in top  # the top of the report
     assert "| HpR | helpfulness | 0 | helpful-base | – | no reference | unvalidated |" in (tmp_path / "out" / "report.md").read_text()
     assert "HpR, the helpfulness rate: UNVALIDATED" in (tmp_path / "out" / "report.html").read_text()
-    figs = make_figures(m, load_scored_dir(run))
+    figs = make_figures(m, RunFolder(run).scored())
     assert {"rates", "ratings_box", "length"} <= set(figs)
     for name, (_, fig) in figs.items():  # on every figure
         assert "HpR: UNVALIDATED" in fig._suptitle.get_text(), name
@@ -128,7 +129,7 @@ def test_an_axis_without_held_out_pairs_is_unvalidated_everywhere(tmp_path: Path
 
 def test_an_axis_at_chance_on_its_own_pairs_says_so(tmp_path: Path) -> None:
     run = scored_run(tmp_path, {"harmful": _axis(["harmless-base"], 100, 52), "helpful": _axis(["helpful-base"], 100, 75)})
-    m = measure(run, FAST)
+    m = RunFolder(run).measure(FAST)
     assert [c["kind"] for c in m["caveats"]] == ["HmR_at_chance", "few_prompts"]
     assert "52.0% pairwise accuracy on 100 held-out harmless-base pairs" in m["caveats"][0]["text"]
 
@@ -143,7 +144,7 @@ def test_a_negated_judge_is_flagged_inverted_on_that_axis_only(tmp_path: Path) -
     reference = {"source": "paper/responses", "thresholds": {"harmful": -3.0, "helpful": -2.0},
                  "sets": {"harmful": _reference_block(ref, ref), "helpful": _reference_block((-np.asarray(ref)).tolist(), ref)}}
     run = scored_run(tmp_path, {"harmful": _axis(["harmless-base"], 0), "helpful": _axis(["helpful-base"], 0)}, reference)
-    m = measure(run, FAST)
+    m = RunFolder(run).measure(FAST)
     axes = m["validity"]["axes"]
     assert axes["harmful"]["status"] == "validated" and axes["harmful"]["reference_verdict"] == "agrees"
     assert axes["helpful"]["status"] == "inverted"
@@ -153,13 +154,13 @@ def test_a_negated_judge_is_flagged_inverted_on_that_axis_only(tmp_path: Path) -
 
 
 def test_compare_carries_each_runs_axis_caveats(tmp_path: Path) -> None:
-    from hhalign.compare import compare
+    from hhalign.multirun.compare import compare
 
     a = scored_run(tmp_path / "a", {"harmful": _axis(["harmless-base"], 100, 70), "helpful": _axis(["helpful-base"], 0)})
     b = scored_run(tmp_path / "b", {"harmful": _axis(["harmless-base"], 100, 70), "helpful": _axis(["helpful-base"], 100, 75)})
     for run in (a, b):
-        (run / "09_metrics").mkdir()
-        measure(run, FAST, json_out=run / "09_metrics" / "metrics.json")
+        (stage_dir(run, "metrics")).mkdir()
+        RunFolder(run).measure(FAST, json_out=stage_dir(run, "metrics") / "metrics.json")
     out = compare([a, b], tmp_path / "cmp", samples=200)
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert md.count("HpR, the helpfulness rate: UNVALIDATED") == 1 and f"{a.name}: HpR, the helpfulness rate: UNVALIDATED" in md.replace("\\_", "_")
@@ -171,7 +172,7 @@ def test_compare_carries_each_runs_axis_caveats(tmp_path: Path) -> None:
 
 def _generated_run(root: Path, hh_rows: list[dict], n: int = 8) -> Path:
     run = root / "runs" / "ref"
-    gen = run / "07_generate"
+    gen = stage_dir(run, "generate")
     gen.mkdir(parents=True)
     for v in ("base", "sft"):
         for s, off in (("harmful", 0), ("helpful", 50)):
@@ -193,23 +194,23 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_the_score_stage_rates_the_reference_and_its_own_judge_agrees_perfectly(tmp_path: Path, tiny_rm_dir: Path,
                                                                                   hh_rows: list[dict]) -> None:
-    from hhalign import score
-    from hhalign.config import ScoreSection as S
+    from hhalign.config.schema import ScoreSection as S
+    from hhalign.stages import score
 
     run = _generated_run(tmp_path, hh_rows)
     ref = tmp_path / "reference"
     ref.mkdir()
-    for p in (run / "07_generate").iterdir():  # the reference judge here is the run's own judge
+    for p in (stage_dir(run, "generate")).iterdir():  # the reference judge here is the run's own judge
         (ref / f"1_{p.name}").write_bytes(p.read_bytes())
     score.rate_files(str(tiny_rm_dir), sorted(ref.iterdir()), S())
     cfg = _cfg(run, tiny_rm_dir, reference=str(ref))
     cfg.metrics = MetricsSection(bootstrap_samples=300)
     score.run(cfg, run)
-    judge = json.loads((run / "08_score" / "judge.json").read_text())
+    judge = json.loads((stage_dir(run, "score") / "judge.json").read_text())
     assert judge["reference"]["sets"]["helpful"]["variants"] == ["base", "sft"]
     assert np.allclose(judge["reference"]["sets"]["helpful"]["judge"], judge["reference"]["sets"]["helpful"]["reference"], atol=1e-5)
     assert judge["axes"]["helpful"] == {"subsets": ["helpful-base"], "pairs": 0, "at_chance": None, "judge": "reward_model"}
-    m = measure(run, FAST)
+    m = RunFolder(run).measure(FAST)
     for s in ("harmful", "helpful"):
         a = m["validity"]["reference"]["sets"][s]
         assert a["spearman"]["value"] == pytest.approx(1.0) and a["pairwise"]["value"] == 100.0 and a["verdict"] == "agrees"
@@ -217,12 +218,12 @@ def test_the_score_stage_rates_the_reference_and_its_own_judge_agrees_perfectly(
 
 
 def test_a_reference_for_other_prompts_fails_before_anything_changes(tmp_path: Path, tiny_rm_dir: Path, hh_rows: list[dict]) -> None:
-    from hhalign import score
+    from hhalign.stages import score
 
     run = _generated_run(tmp_path, hh_rows)
     ref = tmp_path / "reference"
     ref.mkdir()
-    for p in (run / "07_generate").iterdir():
+    for p in (stage_dir(run, "generate")).iterdir():
         rows = [{**e, "rating": 1.0} for e in json.loads(p.read_text())]
         if p.name == "sft_helpful.json":
             rows[2]["prompt"] = "Human: something else entirely"
@@ -236,7 +237,7 @@ def test_a_reference_for_other_prompts_fails_before_anything_changes(tmp_path: P
 @pytest.mark.parametrize("rating, message", [(None, r'base_harmful.json: entry 2 \(index 1\) has no "rating"'),
                                              ("high", r'base_harmful.json: entry 2 \(index 1\)\'s "rating" is "high", not a number')])
 def test_a_reference_without_numeric_ratings_names_the_file_and_row(tmp_path: Path, rating: object, message: str) -> None:
-    from hhalign.stages import Input
+    from hhalign.engine.work import Input
 
     ref = tmp_path / "reference"
     ref.mkdir()
@@ -249,7 +250,7 @@ def test_a_reference_without_numeric_ratings_names_the_file_and_row(tmp_path: Pa
 
 
 def test_the_judge_is_checked_on_each_axis_own_pairs() -> None:
-    from hhalign.score import judge_rows
+    from hhalign.stages.score import judge_rows
 
     rows = [{"subset": "harmless-base", "i": i} for i in range(5)] + [{"subset": "helpful-base", "i": i} for i in range(5)]
     picked = judge_rows(rows, ScoreSection(judge_pairs=3))  # the first 3 of each axis, not the first 3 of the file
@@ -266,7 +267,7 @@ def _reference(root: Path, run: Path, seed: int = 5) -> Path:
     ref = root / "reference"
     ref.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
-    for p in sorted((run / "07_generate").iterdir()):
+    for p in sorted((stage_dir(run, "generate")).iterdir()):
         rows = [{**e, "rating": float(rng.normal())} for e in json.loads(p.read_text())]
         (ref / p.name).write_text(json.dumps(rows))
     return ref
@@ -274,8 +275,8 @@ def _reference(root: Path, run: Path, seed: int = 5) -> Path:
 
 def test_a_distilled_judge_never_rates_an_answer_with_a_fit_on_its_own_prompt(tmp_path: Path, tiny_rm_dir: Path,
                                                                              hh_rows: list[dict]) -> None:
-    from hhalign.distill import Distilled, load_encoder
-    from hhalign.responses import load_scored_dir
+    from hhalign.data.responses import load_scored_dir
+    from hhalign.models.distill import Distilled, load_encoder
 
     run = _generated_run(tmp_path, hh_rows)
     reference = load_scored_dir(_reference(tmp_path, run))
@@ -293,23 +294,23 @@ def test_a_distilled_judge_never_rates_an_answer_with_a_fit_on_its_own_prompt(tm
 
 
 def test_the_score_stage_rates_an_axis_with_the_distilled_judge(tmp_path: Path, tiny_rm_dir: Path, hh_rows: list[dict]) -> None:
-    from hhalign import score
-    from hhalign.distill import Distilled, load_encoder
-    from hhalign.responses import load_scored_dir
+    from hhalign.data.responses import load_scored_dir
+    from hhalign.models.distill import Distilled, load_encoder
+    from hhalign.stages import score
 
     run = _generated_run(tmp_path, hh_rows)
     ref = _reference(tmp_path, run)
     cfg = _cfg(run, tiny_rm_dir, reference=str(ref), helpful_judge="distilled", distill_encoder=str(tiny_rm_dir))
     score.run(cfg, run)
-    judge = json.loads((run / "08_score" / "judge.json").read_text())
+    judge = json.loads((stage_dir(run, "score") / "judge.json").read_text())
     assert (judge["axes"]["helpful"]["judge"], judge["axes"]["helpful"]["scale"]) == ("distilled", "reference")
     assert judge["axes"]["harmful"]["judge"] == "reward_model"
     helpful_only = {v: {"helpful": sets["helpful"]} for v, sets in load_scored_dir(ref).items()}  # fitted on its own set
     distilled = Distilled.fit(load_encoder(str(tiny_rm_dir)), helpful_only)
-    rated = json.loads((run / "08_score" / "sft_helpful.json").read_text())
+    rated = json.loads((stage_dir(run, "score") / "sft_helpful.json").read_text())
     want = distilled.rate([e["prompt"] for e in rated], [e["response"] for e in rated], list(range(len(rated))))
     assert [e["rating"] for e in rated] == pytest.approx(want, abs=1e-6)
-    harmful = json.loads((run / "08_score" / "sft_harmful.json").read_text())  # the reward model's, unchanged
+    harmful = json.loads((stage_dir(run, "score") / "sft_harmful.json").read_text())  # the reward model's, unchanged
     assert [e["rating"] for e in harmful] != pytest.approx([e["rating"] for e in json.loads((ref / "sft_harmful.json").read_text())])
 
 

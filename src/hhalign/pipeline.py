@@ -6,10 +6,11 @@
 1. Every input of every stage (data source, prompt files, model paths, the reward model, the hub) is checked
    before any folder is created or changed: a mistyped path fails with one line and leaves a finished run as
    it was.
-2. The plan (``hhalign.stages.plan``): each stage runs, resumes or is skipped, and the line says why (the
-   setting or the input that changed, the upstream stage that re-runs).
-3. The stages that need it run, each through its own module's ``run(cfg, run_dir)``; everything printed also
-   goes to run.log, and a failure names its stage (``hhalign.errors.report``).
+2. The plan (``plan``): each stage runs, resumes or is skipped, and the line says why (the setting or the input
+   that changed, the upstream stage that re-runs), by the one rule of ``hhalign.engine.work.decide``.
+3. The stages that need it run, each through its own module's ``run(cfg, run_dir)`` (``MODULES``: one module
+   per stage, imported here by name); everything printed also goes to run.log, and a failure names its stage
+   (``hhalign.errors.report``).
 """
 
 from __future__ import annotations
@@ -19,24 +20,108 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
-from hhalign import errors, logs, stages
+from hhalign import errors, logs
 from hhalign.artifacts import git_commit, versions, write_json
-from hhalign.config import RunConfig
+from hhalign.config.schema import RunConfig, section_hash
+from hhalign.engine.table import RUN_FILE, STAGES, Stage, active, artifact, get, settings, stage_dir
+from hhalign.engine.folder import seed_folder
+from hhalign.engine.work import Input, decide
+from hhalign.multirun.seeds import aggregate
+from hhalign.stages import convert, data, dpo, generate, metrics, pretrain, report, rm, score, sft, sft_dpo
 
 log = logging.getLogger(__name__)
+MODULES: dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (
+    convert, data, pretrain, sft, dpo, sft_dpo, rm, generate, score, metrics, report)}
+assert list(MODULES) == [s.name for s in STAGES], "hhalign.stages has one module per row of the stage table, in order"
+
+
+def inputs(stage: Stage, cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
+    """What the stage reads in this config: its module's ``inputs``."""
+    return MODULES[stage.name].inputs(cfg, Path(run_dir))
+
+
+def run_stage(name: str, cfg: RunConfig, run_dir: Path, **kwargs: object) -> dict | None:
+    """Run one stage (its module's ``run``): ``hhalign NAME CONFIG`` and every stage of ``hhalign run``."""
+    return MODULES[name].run(cfg, Path(run_dir), **kwargs)
+
+
+def validate(cfg: RunConfig, run_dir: Path, only: list[Stage] | None = None) -> None:
+    """Check every input of every stage the config runs, before any stage folder is created or changed."""
+    for st in only if only is not None else active(cfg):
+        for inp in inputs(st, cfg, run_dir).values():
+            inp.check()
+
+
+@dataclass
+class Step:
+    stage: Stage
+    action: str  # run | resume | skip
+    reason: str
+
+    def line(self, k: int, n: int) -> str:
+        return f"  [{k}/{n}] {self.stage.name:<9} {self.action} ({self.reason})"
+
+
+def plan(cfg: RunConfig, run_dir: Path, shared: tuple[str, ...] = ()) -> list[Step]:
+    """What each stage of the config would do now, and why (``decide``). A stage re-runs when an upstream stage
+    re-runs; stages in ``shared`` (the data stage of a multi-seed run) are made elsewhere and taken as they are."""
+    steps: list[Step] = []
+    rerun: set[str] = set()
+    for st in active(cfg):
+        if st.name in shared:
+            steps.append(Step(st, "skip", "shared, made once for every seed"))
+            continue
+        upstream = [u for u in st.upstream if u in rerun]
+        if upstream:
+            step = Step(st, "run", f"upstream {', '.join(upstream)} re-runs")
+        else:
+            d = decide(st, cfg, Path(run_dir), inputs(st, cfg, run_dir))
+            step = Step(st, d.action, d.reason)
+        if step.action != "skip":
+            rerun.add(st.name)
+        steps.append(step)
+    return steps
+
+
+def chain_keys(cfg: RunConfig, run_dir: Path, fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """The key of each stage the config runs, known before anything runs: the hash of its settings, of its inputs
+    from outside the run (data files, prompt files, models by path or hub id) and of its upstream stages' keys.
+    Two runs whose stage has the same chain key compute the same thing (``hhalign.multirun.sweep`` shares it);
+    ``fixed`` gives some stages' keys (a multi-seed sweep's data stage, made with the base seed)."""
+    keys = dict(fixed or {})
+    for st in active(cfg):
+        if st.name in keys:
+            continue
+        outside = {n: i.digest() for n, i in inputs(st, cfg, run_dir).items() if i.kind != "artifact"}
+        upstream = {u: keys[u] for u in st.upstream if u in keys}
+        keys[st.name] = section_hash({"settings": settings(st, cfg), "outside": outside, "upstream": upstream})
+    return keys
+
+
+def make_shared_data(cfg: RunConfig, run_dir: Path, header: str = "") -> bool:
+    """The data stage that several seeds share, made once in ``run_dir`` with ``cfg`` (the base seed) when it is
+    not done: the one way seeds of a run and seeded sweep points share it. Returns whether it ran."""
+    st = get("data")
+    d = decide(st, cfg, run_dir, inputs(st, cfg, run_dir))
+    if d.action == "skip":
+        return False
+    log.info(f"{header}data (shared by every seed): {d.action} ({d.reason})")
+    run_stage("data", cfg, run_dir)
+    return True
 
 
 def write_run_json(cfg: RunConfig, run_dir: Path, seeds: list[int] | None) -> None:
-    write_json(run_dir / "run.json", {
+    write_json(run_dir / RUN_FILE, {
         "config": cfg.to_dict(), "config_hash": cfg.hash(), "seed": cfg.seed, "seeds": seeds, "versions": versions(),
         "git_commit": git_commit(), "command": " ".join(sys.argv), "cwd": os.getcwd(),
     })
 
 
-def print_plan(steps: list[stages.Step], run_dir: Path, header: str = "") -> None:
+def print_plan(steps: list[Step], run_dir: Path, header: str = "") -> None:
     log.info(f"{header}plan for {run_dir}:")
     for k, step in enumerate(steps, 1):
         log.info(step.line(k, len(steps)))
@@ -44,7 +129,7 @@ def print_plan(steps: list[stages.Step], run_dir: Path, header: str = "") -> Non
 
 def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, ...] = ()) -> list[str]:
     """Plan, print, and run the stages of one run folder. Returns the names of the stages that ran."""
-    steps = stages.plan(cfg, run_dir, shared)
+    steps = plan(cfg, run_dir, shared)
     print_plan(steps, run_dir, header)
     n, ran = len(steps), []
     for k, step in enumerate(steps, 1):
@@ -55,7 +140,7 @@ def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, 
         log.info(f"[{k}/{n}] {name}: {step.action} ...")
         started = time.time()
         try:
-            stages.module(step.stage).run(cfg, run_dir, resume=True)
+            run_stage(name, cfg, run_dir, resume=True)
         except BaseException as e:
             errors.report(e, "run", stage=name, memory_keys=step.stage.memory_keys)
             if isinstance(e, errors.UserError):
@@ -68,10 +153,10 @@ def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, 
 
 def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None = None) -> int:
     run_dir = cfg.run_dir
-    stages.validate(cfg, run_dir)  # before any folder is touched
+    validate(cfg, run_dir)  # before any folder is touched
     if dry_run:
         for sub_cfg, sub_dir, header in _per_seed(cfg, run_dir, seeds):
-            print_plan(stages.plan(sub_cfg, sub_dir, ("data",) if seeds else ()), sub_dir, header)
+            print_plan(plan(sub_cfg, sub_dir, ("data",) if seeds else ()), sub_dir, header)
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     with logs.to_file(run_dir / "run.log"):
@@ -84,11 +169,9 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
             if not execute(sub_cfg, sub_dir, header, ("data",) if seeds else ()):
                 log.info(f"{header}nothing to do: every stage is done with these settings and inputs")
         if seeds:
-            from hhalign.seeds import aggregate
-
             aggregate(run_dir, seeds)
-        report = run_dir / "seeds_report.md" if seeds else stages.stage_dir(run_dir, "report") / "report.html"
-        log.info(f"hhalign run: finished in {time.time() - started:.1f} s; report: {report}")
+        shown = run_dir / "seeds_report.md" if seeds else artifact(run_dir, "report", "report.html")
+        log.info(f"hhalign run: finished in {time.time() - started:.1f} s; report: {shown}")
     return 0
 
 
@@ -97,16 +180,13 @@ def _per_seed(cfg: RunConfig, run_dir: Path, seeds: list[int] | None) -> Iterato
         yield cfg, run_dir, ""
         return
     for s in seeds:
-        yield replace(cfg, seed=s), run_dir / f"seed-{s}", f"seed {s}: "
+        yield replace(cfg, seed=s), seed_folder(run_dir, s), f"seed {s}: "
 
 
 def _share_data(cfg: RunConfig, run_dir: Path, seed_dir: Path) -> None:
-    """Seeds share one data stage (same prompts, same training rows): run it once, link it into each seed folder."""
-    (step,) = [s for s in stages.plan(cfg, run_dir) if s.stage.name == "data"]
-    if step.action != "skip":
-        log.info(f"data (shared by every seed): {step.action} ({step.reason})")
-        stages.module(step.stage).run(cfg, run_dir)
+    """Seeds share one data stage (same prompts, same training rows): made once, linked into each seed folder."""
+    make_shared_data(cfg, run_dir)
     seed_dir.mkdir(parents=True, exist_ok=True)
-    link = stages.stage_dir(seed_dir, "data")
+    link = stage_dir(seed_dir, "data")
     if not link.exists():
         link.symlink_to(Path("..") / link.name)

@@ -7,7 +7,7 @@ Unknown keys ("did you mean"), wrong types, impossible values, keys TRL or PEFT 
 and settings the installed TRL would silently ignore all fail here with one line that names where the value
 came from: the YAML file, or the ``--set`` that gave it. Training sections pass their remaining keys through
 to TRL's SFTConfig / DPOConfig / RewardConfig and PEFT's LoraConfig (``PASSTHROUGH``), so every option those
-libraries have works without being declared again in ``hhalign.config``.
+libraries have works without being declared again in ``hhalign.config.schema``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from hhalign.config import RunConfig
+from hhalign.config.schema import RunConfig
 from hhalign.errors import ConfigError
 
 # section path -> (module, class): the library config each training section feeds.
@@ -302,9 +302,10 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
-def describe_keys() -> str:
-    """Every hhalign knob with its default and help, for ``hhalign config --keys``."""
-    lines: list[str] = []
+def key_rows() -> list[tuple[str, Any, tuple[str, ...] | None, str]]:
+    """Every hhalign config key as (dotted key, default, choices or None, help), from the schema itself: what
+    ``hhalign config --keys`` prints and the docs' configuration reference lists."""
+    rows: list[tuple[str, Any, tuple[str, ...] | None, str]] = []
 
     def walk(cls: type, prefix: str) -> None:
         types_ = _field_types(cls)
@@ -314,13 +315,24 @@ def describe_keys() -> str:
             if dataclasses.is_dataclass(types_[f.name]):
                 walk(types_[f.name], f"{prefix}{f.name}.")
                 continue
-            lines.append(f"{prefix}{f.name} = {_default(f)!r}\n    {f.metadata.get('help', '')}")
+            rows.append((f"{prefix}{f.name}", _default(f), f.metadata.get("choices"), f.metadata.get("help", "")))
         section = prefix.rstrip(".")
         if section in PASSTHROUGH:
             module, name = PASSTHROUGH[section]
-            lines.append(f"{prefix}<any field of {module}.{name}>\n    passed through unchanged")
+            rows.append((f"{prefix}<any field of {module}.{name}>", None, None, "passed through unchanged"))
 
     walk(RunConfig, "")
+    return rows
+
+
+def describe_keys() -> str:
+    """Every hhalign knob with its default and help, for ``hhalign config --keys``."""
+    lines = []
+    for key, default, choices, help_ in key_rows():
+        if key.endswith(">"):
+            lines.append(f"{key}\n    {help_}")
+        else:
+            lines.append(f"{key} = {default!r}\n    {help_}" + (f" (one of: {', '.join(choices)})" if choices else ""))
     return "\n".join(lines)
 
 
@@ -335,7 +347,7 @@ def add_section_options(parser: argparse.ArgumentParser, cls: type, names: tuple
         default = _default(f)
         kind = {int: int, float: float, str: str}.get(tp, str)
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default if keep_defaults else None,
-                            help=f"{f.metadata.get('help', '')} (default: {default})")
+                            choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} (default: {default})")
 
 
 def section_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:

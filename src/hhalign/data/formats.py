@@ -1,6 +1,6 @@
 """Preference data in the field's formats: detect each row's format, normalise it, render it as text.
 
-    rows = read_file(Path("prefs.jsonl"), "prefs.jsonl")          # hhalign.readers
+    rows = read_file(Path("prefs.jsonl"), "prefs.jsonl")          # hhalign.data.readers
     fmt = detect(rows[0].data)                                     # "standard" | "conversational" | "implicit" | "hh"
     conv = normalise(rows[0].data, fmt)                            # Conversation(prompt=[Message...], chosen, rejected)
     prompt, chosen, rejected = Renderer("hh").render(conv)         # prompt ends with "\\n\\nAssistant:"
@@ -16,7 +16,7 @@ The four row formats (TRL's names, plus HH-RLHF's own):
   implicit-prompt form; a ``prompt`` column beside whole dialogues, as in UltraFeedback, is ignored). The
   prompt is every message before the final assistant turn, which both dialogues must share.
 - ``hh``: ``chosen`` and ``rejected`` HH-RLHF text dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ..."),
-  split by ``hhalign.hh.split_prompt`` and kept verbatim (the study's data path).
+  split by ``hhalign.data.hh.split_prompt`` and kept verbatim (the study's data path).
 
 Rendering (``data.render``) turns a normalised row into the internal training pair, whose ``prompt`` ends
 with the assistant cue so that ``prompt + chosen`` is the SFT text: ``hh`` writes the study's
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hhalign.errors import DataError, UserError
-from hhalign.hh import ASSISTANT, HUMAN, Message, parse_hh_dialogue, render_hh
-from hhalign.readers import RawRow
+from hhalign.data.hh import ASSISTANT, HUMAN, Message, parse_hh_dialogue, render_hh
+from hhalign.data.readers import RawRow
 
 FORMATS = ("hh", "standard", "conversational", "implicit")
 RENDERS = ("auto", "hh", "chat_template")
@@ -265,7 +265,7 @@ class Renderer:
         return "chat_template" if has else "hh"
 
     def _load_tokenizer(self) -> Any:
-        from hhalign.modeling import load_tokenizer
+        from hhalign.models.loading import load_tokenizer
 
         try:
             return load_tokenizer(self.model)

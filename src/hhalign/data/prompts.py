@@ -15,14 +15,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from hhalign import formats
+from hhalign.data import formats
 from hhalign.artifacts import atomic_write_text
-from hhalign.config import DataSection
+from hhalign.config.schema import DataSection
 from hhalign.errors import DataError, PromptFileError
-from hhalign.formats import Renderer
-from hhalign.hh import eval_prompt, study_prompt
-from hhalign.pairs import Pair, Skips, clean_file, read_pairs
-from hhalign.readers import data_layout, read_rows
+from hhalign.data.formats import Renderer
+from hhalign.data.hh import eval_prompt, study_prompt
+from hhalign.data.pairs import Pair, Skips, clean_file, read_pairs
+from hhalign.data.readers import data_layout, read_rows
 
 
 def draw_prompt_sets(

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hhalign.config import DataSection
+from hhalign.config.schema import DataSection
 from hhalign.errors import DataError
-from hhalign.hh import HH_HUB_ID
-from hhalign.sources import is_local_data
+from hhalign.data.hh import HH_HUB_ID
+from hhalign.data.sources import is_local_data
 
 # Readable file types, by how the name ends (checked in this order).
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv.gz", ".csv")
@@ -168,7 +168,7 @@ def _read_parquet(path: Path, label: str) -> list[RawRow]:
 
 def read_hub(source: str, split: str, label: str, data_dir: str | None = None) -> list[RawRow]:
     """Every row of one split of a hub dataset (row numbers as lines); ``data_dir`` picks a subset (HH-RLHF's).
-    The hub itself was checked before the run started (``hhalign.sources``); what fails here is the dataset."""
+    The hub itself was checked before the run started (``hhalign.data.sources``); what fails here is the dataset."""
     import datasets
 
     subset = {"data_dir": data_dir} if data_dir else {}

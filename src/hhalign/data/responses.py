@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hhalign.config import PROMPT_SETS, VARIANTS
+from hhalign.config.schema import PROMPT_SETS, VARIANTS
 from hhalign.errors import ResponseFileError
-from hhalign.stages import stage_dir
 
 # The study spells SFT+DPO "sftdpo" in its file names (4_sftdpo_harmful.json).
 _ALIASES = {"sftdpo": "sft_dpo", "sft+dpo": "sft_dpo", "sft-dpo": "sft_dpo"}
@@ -103,17 +102,13 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def discover(directory: str | Path) -> dict[tuple[str, str], Path]:
-    """Map (variant, set) -> file for the response files in a folder, or in a run folder's ``08_score/``.
-
-    Other files (``manifest.json``, notes) are ignored; two files for one (variant, set) is an error.
-    """
+    """Map (variant, set) -> file for the response files in a folder (a run folder's are found by
+    ``hhalign.engine.folder.RunFolder.scored``). Other files (``manifest.json``, notes) are ignored; two files for
+    one (variant, set) is an error."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ResponseFileError(f"{directory}: no such folder of response files")
-    found = _scan(directory)
-    if not found and stage_dir(directory, "score").is_dir():
-        found = _scan(stage_dir(directory, "score"))
-    return found
+    return _scan(directory)
 
 
 def response_files(directory: Path) -> list[Path]:
@@ -136,13 +131,14 @@ def _scan(directory: Path) -> dict[tuple[str, str], Path]:
     return found
 
 
-def load_scored_dir(directory: str | Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """variant -> set -> rated entries, for every response file found (variants in study order)."""
+def load_scored_dir(directory: str | Path, also: str = "") -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """variant -> set -> rated entries, for every response file in the folder (variants in study order); ``also``
+    names where else the files were looked for, for the error."""
     directory = Path(directory)
     found = discover(directory)
     if not found:
         raise ResponseFileError(
-            f"{directory}: no response files found (nor in {stage_dir(directory, 'score').name}/); expected names like "
+            f"{directory}: no response files found{f' ({also})' if also else ''}; expected names like "
             "base_harmful.json, sft_dpo_helpful.json or the study's 1_base_harmful.json"
         )
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from hhalign.formats import prompt_messages
+from hhalign.data.formats import prompt_messages
 
 ALPHA = 3.0  # ridge penalty (features are unit-norm embeddings; 1 to 10 measured alike on the study's answers)
 

@@ -21,13 +21,13 @@ import torch
 from transformers import TrainerCallback
 
 from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json
-from hhalign.config import TINY, RunConfig, TrainSection
-from hhalign.configfile import checkpointing_default, library_class
-from hhalign.convert import model_input
+from hhalign.config.schema import TINY, RunConfig, TrainSection
+from hhalign.config.files import checkpointing_default, library_class
 from hhalign.errors import TrainingError
-from hhalign.modeling import fast_bf16
-from hhalign.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
-from hhalign.stages import Input, StageRun, begin, stage_dir
+from hhalign.models.loading import fast_bf16
+from hhalign.data.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
+from hhalign.engine.table import artifact
+from hhalign.engine.work import Input, StageRun, begin, model_input
 
 TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields and losses hhalign checks
 
@@ -37,14 +37,13 @@ TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields a
 
 def pair_inputs(run_dir: Path) -> dict[str, Input]:
     """The training pairs and the held-out pairs of the run's data stage."""
-    data = stage_dir(run_dir, "data")
-    return {"prefs": Input(str(data / "prefs.jsonl")), "heldout": Input(str(data / "heldout.jsonl"))}
+    return {name: Input(str(artifact(run_dir, "data", f"{name}.jsonl"))) for name in ("prefs", "heldout")}
 
 
 def base_model(cfg: RunConfig, run_dir: Path) -> Input:
     """The run's starting model: the pretrained tiny model, model.name_or_path, or its converted .gguf file."""
     if cfg.model.name_or_path == TINY:
-        return Input(str(stage_dir(run_dir, "pretrain") / "model"))
+        return Input(str(artifact(run_dir, "pretrain", "model")))
     return model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
 
 
@@ -56,14 +55,14 @@ def load_rows(work: StageRun, name: str, section: TrainSection | None = None) ->
     return rows[: section.heldout_pairs] if section is not None and name == "heldout" else rows
 
 
-def begin_training(name: str, cfg: RunConfig, run_dir: Path, resume: bool, given: dict[str, Input] | None = None) -> StageRun:
-    """``stages.begin`` on every rank of a launch (the main one prepares the folder, the others wait for it)."""
+def begin_training(name: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> StageRun:
+    """``hhalign.engine.work.begin`` on every rank of a launch (the main one prepares the folder, the others wait for it)."""
     from accelerate import PartialState
 
     check_trl_version()
     # cpu=True on CPU-only machines makes accelerate form the gloo group, so wait_for_everyone really waits
     state = PartialState(cpu=not torch.cuda.is_available())
-    return begin(name, cfg, run_dir, resume=resume, given=given, main=state.is_main_process, barrier=state.wait_for_everyone)
+    return begin(name, cfg, run_dir, ins, resume=resume, main=state.is_main_process, barrier=state.wait_for_everyone)
 
 
 # ----------------------------------------------------------------------------- TRL config

@@ -19,13 +19,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import atomic_write_text, read_json, write_json
-from hhalign.config import PROMPT_SETS, VARIANT_LABELS
+from hhalign.artifacts import atomic_write_text, write_json
+from hhalign.config.schema import PROMPT_SETS, VARIANT_LABELS
 from hhalign.errors import UserError
-from hhalign.metrics import merge_caveats, with_holm
-from hhalign.responses import load_scored_dir
-from hhalign.stages import stage_dir
-from hhalign.stats import paired_comparison
+from hhalign.stats.rates import merge_caveats, with_holm
+from hhalign.engine.folder import RunFolder
+from hhalign.stats.intervals import paired_comparison
 
 log = logging.getLogger(__name__)
 RATES = ("HmR", "HpR", "CAS")
@@ -42,17 +41,13 @@ class Run:
 
 
 def load_run(run_dir: Path) -> Run:
-    metrics_file = stage_dir(run_dir, "metrics") / "metrics.json"
-    if not metrics_file.is_file():
-        raise UserError(f"{run_dir}: no {metrics_file.relative_to(run_dir)}: run the run to its metrics stage first")
-    score = stage_dir(run_dir, "score") / "manifest.json"
-    judge_input = (read_json(score).get("inputs") or {}).get("reward_model", {}) if score.is_file() else {}
-    run_json = run_dir / "run.json"
-    sweep = (read_json(run_json).get("sweep") or {}) if run_json.is_file() else {}
-    metrics = read_json(metrics_file)
-    return Run(run_dir.name, run_dir, metrics, load_scored_dir(run_dir),
-               judge_input.get("sha256") or judge_input.get("ref") or str((metrics.get("judge") or {}).get("reward_model")),
-               dict(sweep.get("settings") or {}))
+    run = RunFolder(run_dir)
+    metrics = run.metrics()
+    if metrics is None:
+        raise UserError(f"{run_dir}: no {run.file('metrics', 'metrics.json').relative_to(run_dir)}: run the run to its metrics stage first")
+    sweep = (run.run_info() or {}).get("sweep") or {}
+    return Run(run_dir.name, run_dir, metrics, run.scored(),
+               run.judge_identity() or str((metrics.get("judge") or {}).get("reward_model")), dict(sweep.get("settings") or {}))
 
 
 def differences(a: Run, b: Run) -> list[str]:

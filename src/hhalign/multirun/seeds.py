@@ -11,10 +11,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import atomic_write_text, read_json, write_json
-from hhalign.config import VARIANT_LABELS
-from hhalign.metrics import merge_caveats
-from hhalign.stages import stage_dir
+from hhalign.artifacts import atomic_write_text, write_json
+from hhalign.config.schema import VARIANT_LABELS
+from hhalign.stats.rates import merge_caveats
+from hhalign.engine.folder import RunFolder, seed_folder
+from hhalign.engine.table import artifact
 
 KEYS = ("HmR", "HpR", "CAS")
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def caveats(per_seed: dict[int, dict[str, Any]]) -> list[str]:
     """Every seed's caveats (toy models, a rate whose judge is not shown to measure its axis, few prompts), each once."""
-    return [c["text"] for c in merge_caveats([(f"seed-{s}", m.get("caveats") or []) for s, m in per_seed.items()])]
+    return [c["text"] for c in merge_caveats([(seed_folder("", s).name, m.get("caveats") or []) for s, m in per_seed.items()])]
 
 
 def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) -> str:
@@ -55,12 +56,12 @@ def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) ->
         for v, data in m["variants"].items():
             cells = [f"{data['exact'][k]:.1f}" if data["exact"].get(k) is not None else "n/a" for k in KEYS]
             lines.append(f"| {seed} | {VARIANT_LABELS[v]} | " + " | ".join(cells) + " |")
-    lines += ["", f"Each seed's full report: seed-N/{stage_dir('', 'report')}/report.html.", ""]
+    lines += ["", f"Each seed's full report: {artifact(seed_folder('', 'N'), 'report', 'report.html')}.", ""]
     return "\n".join(lines)
 
 
 def aggregate(run_dir: Path, seeds: list[int]) -> dict[str, Any]:
-    per_seed = {s: read_json(stage_dir(run_dir / f"seed-{s}", "metrics") / "metrics.json") for s in seeds}
+    per_seed = {s: RunFolder(run_dir).seed(s).metrics() for s in seeds}
     summary = summarise(per_seed)
     write_json(run_dir / "seeds.json", {"seeds": seeds, "summary": summary, "caveats": caveats(per_seed)})
     text = to_markdown(summary, per_seed)

@@ -5,7 +5,7 @@
 
 Each point of the grid (times each seed) is a run folder ``runs/SWEEP/<point>/`` with its own run.json and run.log.
 Its stage folders are links into ``runs/SWEEP/_shared/<folder>-<key>/``, where the key is the stage's chain key
-(``hhalign.stages.chain_keys``: its settings, its inputs from outside the run, its upstream stages' keys), so the
+(``hhalign.engine.work.chain_keys``: its settings, its inputs from outside the run, its upstream stages' keys), so the
 points that agree on all of that share one folder: a DPO sweep makes data and SFT once, and only the DPO stages and
 what follows them run per point. Each stage then runs through its own module as in ``hhalign run``: skipped when
 done, resumed when interrupted, so a killed sweep resumes with the same command. Seeds share the data stage (the
@@ -25,10 +25,14 @@ from typing import Any
 
 import yaml
 
-from hhalign import logs, stages
+from hhalign import logs
+
+from hhalign.engine.table import MANIFEST, STAGES, active
+from hhalign.multirun.compare import compare
+from hhalign.pipeline import chain_keys, execute, make_shared_data, validate, write_run_json
 from hhalign.artifacts import read_json, write_json
-from hhalign.config import RunConfig
-from hhalign.configfile import load_config
+from hhalign.config.schema import RunConfig
+from hhalign.config.files import load_config
 from hhalign.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -160,14 +164,14 @@ def keys_of(point: Point) -> dict[str, str]:
     """The point's chain keys; several seeds share the data stage, keyed as the base seed makes it."""
     fixed = {}
     if point.seeded:
-        fixed["data"] = stages.chain_keys(replace(point.cfg, seed=point.base_seed), point.run_dir)["data"]
-    return stages.chain_keys(point.cfg, point.run_dir, fixed)
+        fixed["data"] = chain_keys(replace(point.cfg, seed=point.base_seed), point.run_dir)["data"]
+    return chain_keys(point.cfg, point.run_dir, fixed)
 
 
 def link_stages(sweep: Sweep, point: Point, keys: dict[str, str]) -> None:
     """Make each stage folder of the point a link to the shared folder of its chain key."""
     point.run_dir.mkdir(parents=True, exist_ok=True)
-    for st in stages.active(point.cfg):
+    for st in active(point.cfg):
         target = sweep.dir / SHARED / f"{st.folder}-{keys[st.name]}"
         target.mkdir(parents=True, exist_ok=True)
         link = point.run_dir / st.folder
@@ -187,7 +191,7 @@ def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
         for name, key in keys_of(point).items():
             by_stage.setdefault(name, {}).setdefault(key, []).append(point.name)
     rows = []
-    for st in stages.STAGES:
+    for st in STAGES:
         if st.name not in by_stage:
             continue
         groups = by_stage[st.name]
@@ -198,7 +202,7 @@ def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def _done(folder: Path) -> bool:
-    return (folder / "manifest.json").is_file()
+    return (folder / MANIFEST).is_file()
 
 
 def print_plan(sweep: Sweep) -> None:
@@ -222,11 +226,8 @@ def print_plan(sweep: Sweep) -> None:
 
 
 def run_sweep(sweep: Sweep, dry_run: bool = False) -> int:
-    from hhalign.compare import compare
-    from hhalign.pipeline import execute, write_run_json
-
     for point in sweep.points:  # every input of every point, before any folder is touched
-        stages.validate(point.cfg, point.run_dir)
+        validate(point.cfg, point.run_dir)
     print_plan(sweep)
     if dry_run:
         return 0
@@ -251,13 +252,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> int:
 
 def _base_seed_data(point: Point, header: str) -> list[str]:
     """A seeded point's data stage, made with the base seed so that every seed sees the same prompts and rows."""
-    base = replace(point.cfg, seed=point.base_seed)
-    (step,) = [s for s in stages.plan(base, point.run_dir) if s.stage.name == "data"]
-    if step.action == "skip":
-        return []
-    log.info(f"{header}data (the same for every seed): {step.action} ({step.reason})")
-    stages.module(step.stage).run(base, point.run_dir)
-    return [f"{point.name}:data"]
+    return [f"{point.name}:data"] if make_shared_data(replace(point.cfg, seed=point.base_seed), point.run_dir, header) else []
 
 
 def _tag(point: Point) -> None:

@@ -22,7 +22,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from hhalign.config import PROMPT_SETS
+from hhalign.config.schema import PROMPT_SETS
 from hhalign.report.markdown import (
     SECTION_TITLES,
     Report,

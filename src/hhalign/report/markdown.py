@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhalign.config import PROMPT_SETS
+from hhalign.config.schema import PROMPT_SETS
 from hhalign.report.plots import RATES, SET_POSITIVE, label, variant_order
 
 DASH = "–"  # a missing value
@@ -226,7 +226,7 @@ def judge_tables(report: Report) -> list[Table]:
 
 def validity_tables(report: Report) -> list[Table]:
     """What each rate can claim: the judge's check on the axis's own held-out pairs and its agreement with a
-    reference judge (``hhalign.validity``), then the agreement figures per prompt set."""
+    reference judge (``hhalign.stats.validity``), then the agreement figures per prompt set."""
     v = report.metrics.get("validity") or {}
     axes = v.get("axes") or {}
     if not axes:
@@ -277,7 +277,7 @@ def _stat(d: Any, digits: int) -> str:
 
 
 def length_tables(report: Report) -> list[Table]:
-    """How much of each variant's difference from base is answer length (``hhalign.validity.length_controlled``)."""
+    """How much of each variant's difference from base is answer length (``hhalign.stats.validity.length_controlled``)."""
     rows = []
     for s, block in (report.metrics.get("length") or {}).items():
         base = block.get("against", "base")

@@ -1,7 +1,7 @@
 """Report figures: one consistent colour per variant, readable at a glance.
 
-Each ``fig_*`` function takes the metrics dict (``hhalign.metrics.compute_metrics``) and, where it
-needs the ratings themselves, the scored responses (``hhalign.responses.load_scored_dir``), and
+Each ``fig_*`` function takes the metrics dict (``hhalign.stages.metrics.compute_metrics``) and, where it
+needs the ratings themselves, the scored responses (``hhalign.data.responses.load_scored_dir``), and
 returns a matplotlib Figure, or None when there is nothing to draw. ``make_figures`` draws them
 all and returns them by name; ``save_figure`` writes one atomically in each requested format.
 
@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hhalign.artifacts import atomic_write_bytes
-from hhalign.config import PROMPT_SETS, VARIANT_LABELS, VARIANTS
+from hhalign.config.schema import PROMPT_SETS, VARIANT_LABELS, VARIANTS
 
 # Okabe-Ito colours (colour-blind safe), one per variant, used by every figure and the HTML viewer.
 VARIANT_COLORS = {"base": "#7f7f7f", "sft": "#0072B2", "dpo": "#E69F00", "sft_dpo": "#009E73"}
@@ -257,7 +257,7 @@ def fig_judge(metrics: dict[str, Any]) -> Figure | None:
 
 def fig_length(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
     """Rating against answer length (words), per prompt set, one colour per variant: does the judge reward length?"""
-    from hhalign.validity import words
+    from hhalign.stats.validity import words
 
     def draw(ax: Any, prompt_set: str, ratings: dict[str, list[float]], colors: dict[str, str], names: list[str]) -> None:
         rho = ((metrics.get("length") or {}).get(prompt_set) or {}).get("length_rating_spearman") or {}

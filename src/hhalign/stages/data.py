@@ -5,8 +5,8 @@
 
 Two layouts (``data.layout``): ``subsets``, HH-RLHF's own tree (a hub id or a local
 ``<subset>/<split>.jsonl[.gz]`` tree), and ``single``, one preference dataset (a local file, a folder of
-files, or a hub id + split), whose eval prompts are drawn from its own rows. Reading is ``hhalign.readers``,
-row formats ``hhalign.formats``, cleaning ``hhalign.pairs``, the eval prompt draw ``hhalign.prompts``.
+files, or a hub id + split), whose eval prompts are drawn from its own rows. Reading is ``hhalign.data.readers``,
+row formats ``hhalign.data.formats``, cleaning ``hhalign.data.pairs``, the eval prompt draw ``hhalign.data.prompts``.
 Everything is read and checked before the stage folder is touched; then 01_data/ is written and its
 manifest last.
 """
@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import write_json, write_jsonl
-from hhalign.config import PROMPT_SETS, TINY, DataSection, RunConfig
-from hhalign.convert import model_input
+from hhalign.config.schema import PROMPT_SETS, TINY, DataSection, RunConfig
 from hhalign.errors import DataError
-from hhalign.formats import Renderer, RowError
-from hhalign.hh import ASSISTANT, study_prompt
-from hhalign.pairs import Pair, Skips, clean_file, read_pairs, template_pair
-from hhalign.prompts import draw_from_pairs, draw_prompt_sets, write_prompts
-from hhalign.readers import (
+from hhalign.data.formats import Renderer, RowError
+from hhalign.data.hh import ASSISTANT, study_prompt
+from hhalign.data.pairs import Pair, Skips, clean_file, read_pairs, template_pair
+from hhalign.data.prompts import draw_from_pairs, draw_prompt_sets, write_prompts
+from hhalign.data.readers import (
     RawRow,
     data_files,
     data_layout,
@@ -36,8 +35,8 @@ from hhalign.readers import (
     single_files,
     subset_file,
 )
-from hhalign.sources import is_local_data
-from hhalign.stages import Input, begin
+from hhalign.data.sources import is_local_data
+from hhalign.engine.work import Input, begin, model_input
 
 log = logging.getLogger(__name__)
 
@@ -206,19 +205,18 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
-    """Write 01_data/ (prefs.jsonl, heldout.jsonl, sft.jsonl, prompts/, data_report.json) and its manifest."""
+    """Write 01_data/ (prefs.jsonl, heldout.jsonl, prompts/, data_report.json) and its manifest. The SFT stage
+    trains on the chosen side of prefs.jsonl."""
     started = time.time()
     model = inputs(cfg, run_dir).get("model")
     report, pairs, prompt_sets = prepare(cfg, model.ref if model else None)  # a data problem fails here, before the folder is touched
-    work = begin("data", cfg, run_dir, resume=False, started=started)
+    work = begin("data", cfg, run_dir, inputs(cfg, run_dir), resume=False, started=started)
     write_jsonl(work.dir / "prefs.jsonl", (p.to_json() for p in pairs["train"]))
     write_jsonl(work.dir / "heldout.jsonl", (p.to_json() for p in pairs["heldout"]))
-    write_jsonl(work.dir / "sft.jsonl", ({"text": p.prompt + p.chosen, "prompt": p.prompt, "completion": p.chosen}
-                                         for p in pairs["train"]))
     for name, prompts in prompt_sets.items():
         write_prompts(work.dir / "prompts" / f"{name}.json", prompts)
     write_json(work.dir / "data_report.json", report)
-    outputs = ["prefs.jsonl", "heldout.jsonl", "sft.jsonl", "data_report.json", *(f"prompts/{n}.json" for n in prompt_sets)]
+    outputs = ["prefs.jsonl", "heldout.jsonl", "data_report.json", *(f"prompts/{n}.json" for n in prompt_sets)]
     for note in report["notes"]:
         log.info(f"note: {note}")
     log.info(summary_line(report))

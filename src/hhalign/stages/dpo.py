@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from hhalign.config import RunConfig
-from hhalign.configfile import library_class
+from hhalign.config.schema import RunConfig
+from hhalign.config.files import library_class
 from hhalign.errors import TrainingError
-from hhalign.modeling import load_causal_lm
-from hhalign.stages import Input, StageRun
-from hhalign.train.common import (
+from hhalign.models.loading import load_causal_lm
+from hhalign.engine.work import Input, StageRun
+from hhalign.models.training import (
     StopOnInterrupt, base_model, begin_training, finish_training, fit_rows, last_checkpoint, load_rows, pair_inputs,
     save_model_atomically, trl_args,
 )
@@ -38,8 +38,10 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True, start: str | None = None) -> dict[str, Any] | None:
     """DPO from the base model into 04_dpo; ``start`` (``hhalign dpo --from PATH``) starts from another model."""
-    given = {**inputs(cfg, run_dir), "start": Input(start, "model", "--from PATH")} if start else None
-    return train("dpo", cfg, run_dir, resume, given)
+    ins = inputs(cfg, run_dir)
+    if start:
+        ins["start"] = Input(start, "model", "--from PATH")
+    return train("dpo", cfg, run_dir, ins, resume)
 
 
 def check_lora_targets(model: torch.nn.Module, targets: Any) -> None:
@@ -65,10 +67,11 @@ def heldout_figures(trainer: Any) -> dict[str, float]:
             "loss": m["eval_loss"]}
 
 
-def train(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, given: dict[str, Input] | None = None) -> dict[str, Any] | None:
+def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> dict[str, Any] | None:
+    """DPO (LoRA) from ``ins["start"]`` into the folder of ``stage`` (dpo, or sft_dpo started from the SFT model)."""
     from trl import DPOTrainer
 
-    work = begin_training(stage, cfg, run_dir, resume, given)
+    work = begin_training(stage, cfg, run_dir, ins, resume)
     # --- inputs
     source = work.inputs["start"].ref
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)

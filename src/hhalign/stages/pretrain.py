@@ -13,10 +13,10 @@ from typing import Any
 from datasets import Dataset
 
 from hhalign.artifacts import atomic_dir
-from hhalign.config import RunConfig
-from hhalign.modeling import build_tiny_causal_lm, train_tokenizer
-from hhalign.stages import Input
-from hhalign.train.common import (
+from hhalign.config.schema import RunConfig
+from hhalign.models.loading import build_tiny_causal_lm, train_tokenizer
+from hhalign.engine.work import Input
+from hhalign.models.training import (
     StopOnInterrupt, begin_training, finish_training, heldout_nll, last_checkpoint, load_rows, pair_inputs,
     save_model_atomically, trl_args,
 )
@@ -31,7 +31,7 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
     from trl import SFTTrainer
 
-    work = begin_training("pretrain", cfg, run_dir, resume)
+    work = begin_training("pretrain", cfg, run_dir, inputs(cfg, run_dir), resume)
     # --- inputs
     rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.pretrain)
     texts = [r["prompt"] + r[k] for r in rows for k in ("chosen", "rejected")][: cfg.pretrain.max_rows]

@@ -1,14 +1,8 @@
-"""The report stage: figures, report.md and one self-contained report.html from scored responses.
-
-Reads a run folder (``08_score/*.json``, ``09_metrics/metrics.json``, ``01_data/data_report.json``,
-``run.json``: whatever exists) or any folder of scored response files such as the study's
-``shared/data/paper/responses``. Metrics come from ``metrics.json`` when the run has one, else they
-are computed here with ``hhalign.metrics``. A missing variant or prompt set gives a report of what
-exists with a visible note, not an error.
+"""The report stage: 10_report/ holds the run's figures, report.md and one self-contained report.html
+(``hhalign.report.build``).
 
     hhalign report configs/tiny.yaml                     # the stage: 10_report/ of the run
-    hhalign report runs/NAME --out somewhere/            # any run folder or folder of scored files
-    build(Path("runs/NAME"), Path("out"), cfg.report, cfg.metrics)
+    hhalign report runs/NAME --out somewhere/            # any run folder or folder of rated response files
 """
 
 from __future__ import annotations
@@ -17,149 +11,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import atomic_write_text, read_json
-from hhalign.config import (
-    PROMPT_SETS,
-    VARIANTS,
-    MetricsSection,
-    ReportSection,
-    RunConfig,
-)
-from hhalign.errors import UserError
-from hhalign.report import plots
-from hhalign.report.html import render_html
-from hhalign.report.markdown import FigureRef, Report, render_markdown
-from hhalign.responses import response_files
-from hhalign.stages import Input, begin, stage_dir
+from hhalign.artifacts import read_json
+from hhalign.config.schema import RunConfig
+from hhalign.data.responses import response_files
+from hhalign.engine.table import artifact, stage_dir
+from hhalign.engine.work import Input, begin
+from hhalign.report.build import build
 
 log = logging.getLogger(__name__)
-RUN_FILE = Path("run.json")
-
-
-def build(
-    in_dir: Path,
-    out_dir: Path,
-    cfg: ReportSection,
-    metrics_cfg: MetricsSection,
-    metrics: dict[str, Any] | None = None,
-) -> list[Path]:
-    """Write the figures (each of ``cfg.formats``), report.md and report.html to ``out_dir``.
-
-    ``metrics`` (the dict of ``hhalign.metrics.compute_metrics``) is used as given; when None it is
-    read from ``in_dir/09_metrics/metrics.json``, or computed from the responses with ``metrics_cfg``.
-    Returns the files written.
-    """
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
-    report = _load_inputs(in_dir, metrics_cfg, metrics)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = _write_figures(report, out_dir, list(cfg.formats))
-    fmt = "png" if "png" in cfg.formats else "svg" if "svg" in cfg.formats else (cfg.formats or ["png"])[0]
-    written.append(atomic_write_text(out_dir / "report.md", render_markdown(report, fmt)))
-    written.append(atomic_write_text(out_dir / "report.html", render_html(report)))
-    return written
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, Any] | None) -> Report:
-    if not in_dir.is_dir():
-        raise UserError(f"{in_dir}: no such folder; give a run folder or a folder of scored response files")
-    data, problems = _load_responses(in_dir)
-    metrics_file = stage_dir(in_dir, "metrics") / "metrics.json"
-    if metrics is None and metrics_file.is_file():
-        metrics = read_json(metrics_file)
-    if metrics is None:
-        metrics = _compute_metrics(in_dir, metrics_cfg) if data else {}
-    metrics = dict(metrics)
-    metrics.setdefault("thresholds", {"harmful": metrics_cfg.harmful_threshold, "helpful": metrics_cfg.helpful_threshold})
-    run_info = _read_optional(in_dir / RUN_FILE, problems)
-    return Report(
-        title=_title(in_dir, run_info),
-        source=str(in_dir),
-        metrics=metrics,
-        data=data,
-        missing=problems + _missing(data, metrics, run_info),
-        data_report=_read_optional(stage_dir(in_dir, "data") / "data_report.json", problems),
-        run_info=run_info,
-    )
-
-
-def _load_responses(in_dir: Path) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
-    """variant -> set -> entries, and a note per problem (no files, an unreadable file)."""
-    from hhalign.responses import load_scored_dir
-
-    try:
-        return load_scored_dir(in_dir), []
-    except ValueError as e:  # ResponseFileError: no files, bad JSON, unrated entries
-        return {}, [f"scored responses ({e})"]
-
-
-def _compute_metrics(in_dir: Path, metrics_cfg: MetricsSection) -> dict[str, Any]:
-    """Measured as ``hhalign metrics`` would: with the judge's record and the caveats, each rate's validity included."""
-    from hhalign.metrics import measure
-
-    return measure(in_dir, metrics_cfg)
-
-
-def _read_optional(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        obj = read_json(path)
-    except (OSError, ValueError) as e:
-        problems.append(f"{path.name} (unreadable: {e})")
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _missing(data: dict[str, Any], metrics: dict[str, Any], run_info: dict[str, Any] | None) -> list[str]:
-    """variant/set pairs without responses: the metrics' own list, plus every pair of the run's
-    variants (all four when there is no run.json) and both prompt sets that has no file."""
-    config = (run_info or {}).get("config") or {}
-    variants = [v for v in config.get("variants") or VARIANTS if isinstance(v, str)]
-    listed = metrics.get("missing") if isinstance(metrics.get("missing"), list) else []
-    grid = [f"{v}/{s}" for v in variants for s in PROMPT_SETS if s not in (data.get(v) or {})]
-    out = [str(m) for m in listed]
-    return out + [m for m in grid if m not in out]
-
-
-def _title(in_dir: Path, run_info: dict[str, Any] | None) -> str:
-    if run_info:
-        name = run_info.get("name") or (run_info.get("config") or {}).get("name")
-        if name:
-            return str(name)
-    return in_dir.resolve().name
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _write_figures(report: Report, out_dir: Path, formats: list[str]) -> list[Path]:
-    figs = plots.make_figures(report.metrics, report.data)
-    written: list[Path] = []
-    for name, (caption, fig) in figs.items():
-        files = plots.save_figure(fig, out_dir / name, formats)
-        png = plots.figure_bytes(fig, "png") if "png" not in files else files["png"].read_bytes()
-        report.figures.append(FigureRef(name, caption, files, png))
-        written.extend(files.values())
-    return written
-
-
-# ----------------------------------------------------------------------------- stage
 
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
-    out = {"metrics": Input(str(stage_dir(run_dir, "metrics") / "metrics.json"))}
-    scored = stage_dir(run_dir, "score")
-    out |= {f"scored/{p.name}": Input(str(p)) for p in response_files(scored)}
-    data_report = stage_dir(run_dir, "data") / "data_report.json"
+    out = {"metrics": Input(str(artifact(run_dir, "metrics", "metrics.json")))}
+    out |= {f"scored/{p.name}": Input(str(artifact(run_dir, "score", p.name))) for p in response_files(stage_dir(run_dir, "score"))}
+    data_report = artifact(run_dir, "data", "data_report.json")
     return out | ({"data_report": Input(str(data_report))} if data_report.is_file() else {})
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """10_report/: the figures, report.md and report.html of the run."""
-    work = begin("report", cfg, run_dir, resume=False)
+    work = begin("report", cfg, run_dir, inputs(cfg, run_dir), resume=False)
     files = build(run_dir, work.dir, cfg.report, cfg.metrics, metrics=read_json(work.inputs["metrics"].ref))
     log.info(f"report: open {work.dir / 'report.html'}")
     return work.finish([str(Path(f).relative_to(work.dir)) for f in files])

@@ -15,12 +15,11 @@ from typing import Any
 
 from datasets import Dataset
 
-from hhalign.config import TINY, RunConfig
-from hhalign.convert import model_input
-from hhalign.judge import judge_view, pairwise
-from hhalign.modeling import build_tiny_reward_model, load_reward_model, train_tokenizer
-from hhalign.stages import Input
-from hhalign.train.common import (
+from hhalign.config.schema import TINY, RunConfig
+from hhalign.models.judge import judge_view, pairwise
+from hhalign.models.loading import build_tiny_reward_model, load_reward_model, train_tokenizer
+from hhalign.engine.work import Input, model_input
+from hhalign.models.training import (
     StopOnInterrupt, begin_training, finish_training, last_checkpoint, load_rows, pair_inputs,
     save_model_atomically, trl_args,
 )
@@ -34,7 +33,7 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 
 
 def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, float]:
-    """The held-out figure: share of pairs the model ranks right, and the mean margin (``hhalign.judge.pairwise``)."""
+    """The held-out figure: share of pairs the model ranks right, and the mean margin (``hhalign.models.judge.pairwise``)."""
     out = pairwise(model, tok, rows, batch_size)
     return {"pairwise_accuracy": out["pairwise_accuracy"] or 0.0, "mean_margin": out["mean_margin"] or 0.0}
 
@@ -62,7 +61,7 @@ def _encode(tok: Any, rows: list[dict[str, Any]], max_length: int) -> Dataset:
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
     from trl import RewardTrainer
 
-    work = begin_training("rm", cfg, run_dir, resume)
+    work = begin_training("rm", cfg, run_dir, inputs(cfg, run_dir), resume)
     rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.rm)
     model, tok = _build(cfg, rows, work)
     max_length = cfg.rm.args.get("max_length") or tok.model_max_length

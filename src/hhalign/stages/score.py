@@ -1,133 +1,33 @@
-"""Score stage: a reward model rates every (prompt, response) pair; ratings are written into the files.
+"""The score stage: the judge rates every (prompt, response) pair (``hhalign.models.judge``), and is checked on
+held-out pairs per axis and, with ``score.reference``, against a reference judge (judge.json).
 
     hhalign score configs/tiny.yaml          # the stage: 07_generate/*.json, rated, into 08_score/
-    hhalign score --reward-model OpenAssistant/reward-model-deberta-v3-large-v2 base_harmful.json base_helpful.json
 
-    ratings = rate_files("runs/tiny/06_rm/model", [Path("base_harmful.json")], ScoreSection())
-
-The study scored one pair at a time::
-
-    inputs = tokenizer(prompt, response, truncation=True, return_tensors="pt")
-    score = reward_model(**inputs).logits[0]          # the first (only) logit
-
-``score_pairs`` gives the same numbers (within 1e-5, ``tests/test_score.py``) in length-sorted,
-right-padded batches: every pair is tokenized alone exactly as above, then padded, and the
-attention mask keeps the pads out of every real token's attention.
-
-``rate_files`` checks every file before it loads the model, loads the model once, then rewrites each file
-in place with a "rating" on every entry, atomically (a temporary file renamed over the original):
-a run stopped part-way leaves each file either fully rated or exactly as it was. The stage rates copies in
-08_score/, so 07_generate/ stays the raw record.
+The stage rates copies in 08_score/, so 07_generate/ stays the raw record.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hhalign.artifacts import read_jsonl, write_json
-from hhalign.config import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
-from hhalign.distill import Distilled, load_encoder
+from hhalign.config.schema import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
+from hhalign.data.responses import discover, load_responses, load_scored_dir, parse_response_filename, response_files
+from hhalign.engine.table import JUDGE_FILE, artifact, stage_dir
+from hhalign.engine.work import Input, begin
 from hhalign.errors import UserError
-from hhalign.judge import JUDGE_FILE, axis_check
-from hhalign.judge import summary as judge_summary
-from hhalign.generate import length_batches
-from hhalign.modeling import load_reward_model, pick_device, resolve_dtype
-from hhalign.responses import discover, load_responses, load_scored_dir, parse_response_filename, response_files
-from hhalign.stages import Input, begin, stage_dir
-from hhalign.validity import words
+from hhalign.models.distill import Distilled, load_encoder
+from hhalign.models.judge import axis_check, check, distribution, load_judge, rate_files, rated, score_pairs
+from hhalign.models.judge import summary as judge_summary
+from hhalign.models.loading import local_folder
+from hhalign.stats.validity import words
 
 log = logging.getLogger(__name__)
-
-# What one more forward pass costs, in tokens, when grouping pairs by length (see
-# hhalign.generate.length_batches). On a CPU the pass is compute-bound already at batch size 1, so a
-# pad costs as much as a real token, but each pass also has a fixed part: DeBERTa-v3 projects its
-# 512 relative-position embeddings in every layer of every pass, and the weights are read once per
-# pass (DeBERTa-v3-large, 2 cores: 50 tokens 0.65 s, 200 tokens 1.6 s in float32; 0.22 s and
-# 0.42 s in bfloat16). On a GPU pads are nearly free: full batches.
-OVERHEAD_CPU = 64.0
-
-
-def pass_overhead(device: torch.device) -> float:
-    return OVERHEAD_CPU if device.type == "cpu" else math.inf
-
-
-def score_pairs(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    prompts: list[str],
-    responses: list[str],
-    batch_size: int,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    desc: str = "score",
-) -> list[float]:
-    """The reward model's first logit for each (prompt, response) pair, in input order."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    device = torch.device(device) if device is not None else model.device
-    if model.device != device:
-        model.to(device)
-    # Each pair tokenized alone, as the study did (truncation=True: the tokenizer's model_max_length).
-    encoded = [tok(p, r, truncation=True) for p, r in zip(prompts, responses)]
-    scores: list[float] = [0.0] * len(encoded)
-    bar = tqdm(total=len(encoded), desc=desc, unit="pair", disable=not progress)
-    with torch.inference_mode(), bar:
-        for idx in length_batches([len(e["input_ids"]) for e in encoded], batch_size, pass_overhead(device)):
-            batch = tok.pad([encoded[i] for i in idx], padding=True, padding_side="right", return_tensors="pt")
-            logits = model(**batch.to(device)).logits  # (B, num_labels)
-            for i, s in zip(idx, logits[:, 0].float().tolist()):
-                scores[i] = s
-            bar.update(len(idx))
-    return scores
-
-
-def _score_one_at_a_time(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str]) -> list[float]:
-    """The study's scoring loop (the reference that ``score_pairs`` must match)."""
-    scores = []
-    for prompt, response in zip(prompts, responses):
-        inputs = tok(prompt, response, truncation=True, return_tensors="pt").to(model.device)
-        scores.append(model(**inputs).logits[0].item())
-    return scores
-
-
-def load_judge(reward_model: str | Path, cfg: ScoreSection) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
-    dev = pick_device(cfg.device)
-    model, tok = load_reward_model(str(reward_model), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
-    return model, tok, dev
-
-
-def rate_files(reward_model: str | Path, paths: list[Path], cfg: ScoreSection, judge: tuple | None = None) -> dict[Path, list[float]]:
-    """Rate every entry of every response file in place; returns each file's ratings in entry order. ``judge``:
-    an already loaded (model, tokenizer, device)."""
-    paths = list(dict.fromkeys(Path(p) for p in paths))
-    # --- check every file before any work: a bad third file must not leave the first two rated
-    entries = {p: load_responses(p) for p in paths}
-    # --- load once, score and rewrite file by file
-    model, tok, dev = judge or load_judge(reward_model, cfg)
-    ratings: dict[Path, list[float]] = {}
-    for p in paths:
-        rows = entries[p]
-        scores = score_pairs(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows], cfg.batch_size,
-                             device=dev, desc=f"score {p.stem}")
-        write_json(p, [_rated(r, s) for r, s in zip(rows, scores)])
-        ratings[p] = scores
-    return ratings
-
-
-def _rated(entry: dict[str, Any], score: float) -> dict[str, Any]:
-    return {**entry, "rating": score}
-
 
 # ----------------------------------------------------------------------------- stage
 
@@ -135,17 +35,18 @@ def _rated(entry: dict[str, Any], score: float) -> dict[str, Any]:
 def judge(cfg: RunConfig, run_dir: Path) -> Input:
     """The reward model that rates the run: this run's own (06_rm) or the configured one."""
     if cfg.score.reward_model == RUN_RM:
-        return Input(str(stage_dir(run_dir, "rm") / "model"))
+        return Input(str(artifact(run_dir, "rm", "model")))
     return Input(cfg.score.reward_model, "reward_model", "--set score.reward_model=DIR")
 
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     gen = stage_dir(run_dir, "generate")
-    check = {"heldout": Input(str(stage_dir(run_dir, "data") / "heldout.jsonl"))} if cfg.score.judge_pairs else {}
+    held = {"heldout": Input(str(artifact(run_dir, "data", "heldout.jsonl")))} if cfg.score.judge_pairs else {}
     ref = {"reference": Input(cfg.score.reference, "reference")} if cfg.score.reference else {}
     if distilled_axes(cfg):
         ref["distill_encoder"] = Input(cfg.score.distill_encoder, "model", "--set score.distill_encoder=DIR")
-    return {f"responses/{p.name}": Input(str(p)) for p in response_files(gen)} | {"reward_model": judge(cfg, run_dir)} | check | ref
+    return {f"responses/{p.name}": Input(str(artifact(run_dir, "generate", p.name))) for p in response_files(gen)} | {
+        "reward_model": judge(cfg, run_dir)} | held | ref
 
 
 def distilled_axes(cfg: RunConfig) -> list[str]:
@@ -157,7 +58,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     """Copy 07_generate's response files into 08_score and rate them there (a resumed stage keeps rated files);
     then check the same judge on held-out pairs (judge.json)."""
     reference = read_reference(cfg.score.reference, stage_dir(run_dir, "generate")) if cfg.score.reference else None
-    work = begin("score", cfg, run_dir, resume=resume)  # after the reference is checked: a bad one changes nothing
+    work = begin("score", cfg, run_dir, inputs(cfg, run_dir), resume=resume)  # after the reference is checked: a bad one changes nothing
     names = [n.split("/", 1)[1] for n in work.inputs if n.startswith("responses/")]
     todo = []
     for name in names:
@@ -176,7 +77,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
         if axes_of[name] in distilled:
             rows = load_responses(work.dir / name)
             scores = distilled[axes_of[name]].rate([r["prompt"] for r in rows], [r["response"] for r in rows], list(range(len(rows))))
-            write_json(work.dir / name, [_rated(r, x) for r, x in zip(rows, scores)])
+            write_json(work.dir / name, [rated(r, x) for r, x in zip(rows, scores)])
             ratings[work.dir / name] = scores
     # the run's own judge by its place in the run (06_rm/model), so the record is the same wherever the run lives
     inside = Path(rm).resolve().is_relative_to(Path(run_dir).resolve())
@@ -195,8 +96,6 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
 def _distill(work: Any, reference: dict[str, dict[str, list[dict[str, Any]]]] | None, axes: list[str]) -> dict[str, Distilled]:
     """A judge per distilled axis, each fitted on the reference's answers to that axis's prompt set only (a fit on
     both sets agreed less with the study's judge: Spearman 0.32 against 0.52 on helpful prompts, README)."""
-    from hhalign.modeling import local_folder
-
     if not axes:
         return {}
     encoder = load_encoder(local_folder(work.inputs["distill_encoder"].ref))
@@ -206,8 +105,6 @@ def _distill(work: Any, reference: dict[str, dict[str, list[dict[str, Any]]]] | 
 def _check_judge(work: Any, cfg: RunConfig, loaded: tuple, names: list[str], distilled: dict[str, Distilled]) -> dict[str, Any]:
     """judge.check on the held-out pairs (``judge_rows``), per axis with that axis's judge, and the spread of the
     ratings per prompt set."""
-    from hhalign.judge import check, distribution
-
     model, tok, dev = loaded
     rows = judge_rows(read_jsonl(work.inputs["heldout"].ref), cfg.score) if "heldout" in work.inputs else []
     verdict = check(model, tok, rows, cfg.score.batch_size, dev)
@@ -274,7 +171,7 @@ def _short(text: str | None, limit: int = 50) -> str:
 def rate_reference(loaded: tuple, reference: dict[str, dict[str, list[dict[str, Any]]]], cfg: RunConfig,
                    distilled: dict[str, Distilled]) -> dict[str, Any]:
     """The run's judge of each axis rates the reference's answers: per prompt set, (prompts, variants) arrays of its
-    ratings, the reference's ratings and the answers' lengths in words, for ``hhalign.validity.agreement`` (the
+    ratings, the reference's ratings and the answers' lengths in words, for ``hhalign.stats.validity.agreement`` (the
     metrics stage). A distilled judge rates each answer with the fit that never saw its prompt."""
     model, tok, dev = loaded
     out: dict[str, Any] = {"source": cfg.score.reference, "sets": {},

@@ -14,11 +14,11 @@ from typing import Any
 
 from datasets import Dataset
 
-from hhalign.config import RunConfig
+from hhalign.config.schema import RunConfig
 from hhalign.errors import TrainingError
-from hhalign.modeling import load_causal_lm
-from hhalign.stages import Input
-from hhalign.train.common import (
+from hhalign.models.loading import load_causal_lm
+from hhalign.engine.work import Input
+from hhalign.models.training import (
     StopOnInterrupt, base_model, begin_training, finish_training, fit_rows, heldout_nll, last_checkpoint, load_rows,
     pair_inputs, save_model_atomically, trl_args,
 )
@@ -47,7 +47,7 @@ def check_padding_free(model: Any, args: dict[str, Any]) -> None:
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
     from trl import SFTTrainer
 
-    work = begin_training("sft", cfg, run_dir, resume)
+    work = begin_training("sft", cfg, run_dir, inputs(cfg, run_dir), resume)
     # --- inputs
     source = work.inputs["start"].ref
     rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.sft)
