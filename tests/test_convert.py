@@ -14,7 +14,8 @@ import torch
 from hhalign.data.sources import resolve
 from hhalign.engine.work import model_input
 from hhalign.errors import ModelLoadError
-from hhalign.models.gguf import SOURCE_FILE, cached, convert, folder_name
+from hhalign.data.sources import folder_name
+from hhalign.models.gguf import SOURCE_FILE, cached, convert
 
 TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast, then bake it.",
          "\n\nHuman: What is the capital of France?\n\nAssistant: Paris is the capital of France."] * 30

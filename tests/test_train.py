@@ -31,10 +31,6 @@ def _cfg(out: Path, *extra: str):
                                                                  *SMALL, *extra])
 
 
-def run_stage(name: str, cfg, run_dir: Path, **kwargs) -> dict | None:
-    return pipeline.run_stage(name, cfg, run_dir, **kwargs)
-
-
 class FrozenWatch:
     """Wraps DPOTrainer.train: snapshots every frozen (non-LoRA) weight before training and records which changed
     after, so the check costs memory in the tests only, not in the stage."""
@@ -66,7 +62,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, hh_dir: Path) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         FrozenWatch.install(mp)
         for stage in ("data", "pretrain", "sft", "dpo", "sft_dpo", "rm"):
-            run_stage(stage, cfg, cfg.run_dir)
+            pipeline.run_stage(stage, cfg, cfg.run_dir)
     return cfg.run_dir
 
 
@@ -128,12 +124,12 @@ def test_dpo_from_missing_sft_model_fails_before_training(tmp_path: Path, traine
     shutil.copytree(stage_dir(trained, "pretrain"), stage_dir(run_dir, "pretrain"))
     cfg = _cfg(tmp_path)
     with pytest.raises(UserError, match="stage 'sft_dpo' needs .*03_sft/model .*run `hhalign sft CONFIG` first"):
-        run_stage("sft_dpo", cfg, run_dir)
+        pipeline.run_stage("sft_dpo", cfg, run_dir)
     with pytest.raises(TrainingError, match=r"target_modules \['attn_qkv'\] do not exist.*q_proj"):
-        run_stage("dpo", _cfg(tmp_path, "dpo.lora.target_modules=[attn_qkv]"), run_dir)
+        pipeline.run_stage("dpo", _cfg(tmp_path, "dpo.lora.target_modules=[attn_qkv]"), run_dir)
     assert not (stage_dir(run_dir, "dpo") / "model").exists()
     with pytest.raises(TrainingError, match="OPT .* cannot separate"):
-        run_stage("sft", _cfg(tmp_path, "sft.padding_free=true"), run_dir)
+        pipeline.run_stage("sft", _cfg(tmp_path, "sft.padding_free=true"), run_dir)
 
 
 def test_bad_model_path_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

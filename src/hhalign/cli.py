@@ -24,8 +24,20 @@ import yaml
 import hhalign
 from hhalign import __version__, errors, logs
 from hhalign.artifacts import catch_interrupts
-from hhalign.config.files import add_section_options, describe_keys, load_config, preset_names, resolve_preset, section_from_args
-from hhalign.config.schema import GenerateSection, MetricsSection, ReportSection, ScoreSection
+from hhalign.config.files import (
+    add_section_options,
+    describe_keys,
+    load_config,
+    preset_names,
+    resolve_preset,
+    section_from_args,
+)
+from hhalign.config.schema import (
+    GenerateSection,
+    MetricsSection,
+    ReportSection,
+    ScoreSection,
+)
 from hhalign.data.prompts import write_prompt_sets
 from hhalign.engine.folder import RunFolder
 from hhalign.engine.table import STAGES, get, stage_dir
@@ -176,7 +188,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _stage(args: argparse.Namespace) -> int:
     """One stage of the table in the config's run folder: its inputs checked first, then its module's run."""
-    from hhalign import pipeline  # imports every stage module, and with them torch: only when a stage runs
+    from hhalign import (
+        pipeline,  # imports every stage module, and with them torch: only when a stage runs
+    )
 
     name = args.command
     if name == "dpo" and args.from_model in ("sft", "sft_dpo"):
@@ -202,7 +216,9 @@ def _one_shot(args: argparse.Namespace) -> int:
     """A stage's work on files, without a config."""
     cmd = args.command
     if cmd == "generate":
-        from hhalign.models.generation import answer_file  # torch and transformers: only when a model runs
+        from hhalign.models.generation import (
+            answer_file,  # torch and transformers: only when a model runs
+        )
 
         if args.targets:
             raise errors.UserError(f"hhalign generate takes a CONFIG or --model/--prompts/--out, not {' '.join(args.targets)}")
@@ -212,7 +228,9 @@ def _one_shot(args: argparse.Namespace) -> int:
         rows = answer_file(args.model, Path(args.prompts), Path(args.out), section_from_args(GenerateSection, args))
         log.info(f"wrote {len(rows)} responses to {args.out}")
     elif cmd == "score":
-        from hhalign.models.judge import rate_files  # torch and transformers: only when a model runs
+        from hhalign.models.judge import (
+            rate_files,  # torch and transformers: only when a model runs
+        )
 
         if not args.targets:
             raise errors.UserError("hhalign score needs response files (or a CONFIG to run the stage)")
@@ -227,7 +245,9 @@ def _one_shot(args: argparse.Namespace) -> int:
         folder, mcfg = _folder(args), _thresholds(args)
         log.info(format_table(RunFolder(folder).measure(mcfg, Path(args.json_out) if args.json_out else None)))
     else:
-        from hhalign.report.build import build  # matplotlib: only when a report is drawn
+        from hhalign.report.build import (
+            build,  # matplotlib: only when a report is drawn
+        )
 
         folder = _folder(args)
         if not args.out:
@@ -307,14 +327,21 @@ def _prompts(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hhalign.pipeline import run_pipeline  # imports every stage module, and with them torch: only when a run runs
+    from hhalign.pipeline import (
+        run_pipeline,  # imports every stage module, and with them torch: only when a run runs
+    )
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     return run_pipeline(_load(args), dry_run=args.dry_run, seeds=seeds)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from hhalign.multirun.sweep import build, parse_grid, read_sweep_file, run_sweep  # imports the stages (torch)
+    from hhalign.multirun.sweep import (  # imports the stages (torch)
+        build,
+        parse_grid,
+        read_sweep_file,
+        run_sweep,
+    )
 
     config, axes, seeds, name = args.config, [], None, None
     path = Path(args.config)
@@ -330,7 +357,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from hhalign.multirun.compare import compare  # matplotlib: only when runs are compared
+    from hhalign.multirun.compare import (
+        compare,  # matplotlib: only when runs are compared
+    )
 
     compare([Path(r) for r in args.runs], Path(args.out))
     return 0

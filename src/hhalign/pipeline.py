@@ -27,11 +27,32 @@ from types import ModuleType
 from hhalign import errors, logs
 from hhalign.artifacts import git_commit, versions, write_json
 from hhalign.config.schema import RunConfig, section_hash
-from hhalign.engine.table import RUN_FILE, STAGES, Stage, active, artifact, get, settings, stage_dir
 from hhalign.engine.folder import seed_folder
+from hhalign.engine.table import (
+    RUN_FILE,
+    STAGES,
+    Stage,
+    active,
+    artifact,
+    get,
+    settings,
+    stage_dir,
+)
 from hhalign.engine.work import Input, decide
-from hhalign.multirun.seeds import aggregate
-from hhalign.stages import convert, data, dpo, generate, metrics, pretrain, report, rm, score, sft, sft_dpo
+from hhalign.report.seeds import aggregate
+from hhalign.stages import (
+    convert,
+    data,
+    dpo,
+    generate,
+    metrics,
+    pretrain,
+    report,
+    rm,
+    score,
+    sft,
+    sft_dpo,
+)
 
 log = logging.getLogger(__name__)
 MODULES: dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (

@@ -27,12 +27,13 @@ chat template. HH rows are already rendered text and are never re-rendered.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hhalign.errors import DataError, UserError
 from hhalign.data.hh import ASSISTANT, HUMAN, Message, parse_hh_dialogue, render_hh
 from hhalign.data.readers import RawRow
+from hhalign.errors import DataError, UserError
 
 FORMATS = ("hh", "standard", "conversational", "implicit")
 RENDERS = ("auto", "hh", "chat_template")
@@ -231,10 +232,12 @@ def _check_prompt(prompt: list[Message]) -> None:
 class Renderer:
     """Turns Conversations into (prompt, chosen, rejected) text. ``setting`` is ``data.render``; "auto" uses the
     chat template of ``model``'s tokenizer when it has one and the HH rendering otherwise (always HH for
-    'tiny', which is built later from the data). The tokenizer is loaded on first use only."""
+    'tiny', which is built later from the data). The tokenizer is loaded on first use only, by ``load_tokenizer``
+    (the data stage passes ``hhalign.models.loading.load_tokenizer``: this library loads no model itself)."""
 
-    def __init__(self, setting: str = "auto", model: str | None = None, tokenizer: Any = None) -> None:
-        self.setting, self.model, self.tokenizer = setting, model, tokenizer
+    def __init__(self, setting: str = "auto", model: str | None = None, tokenizer: Any = None,
+                 load_tokenizer: Callable[[str], Any] | None = None) -> None:
+        self.setting, self.model, self.tokenizer, self.load_tokenizer = setting, model, tokenizer, load_tokenizer
         self._mode: str | None = None
 
     @property
@@ -265,10 +268,11 @@ class Renderer:
         return "chat_template" if has else "hh"
 
     def _load_tokenizer(self) -> Any:
-        from hhalign.models.loading import load_tokenizer
-
+        if self.load_tokenizer is None:
+            raise DataError(f"data.render={self.setting} needs the tokenizer of '{self.model}', and nothing here loads one; "
+                            "render through the data stage, or set data.render: hh")
         try:
-            return load_tokenizer(self.model)
+            return self.load_tokenizer(self.model)
         except (UserError, OSError, ValueError) as e:  # ModelLoadError, or what a broken tokenizer folder raises
             raise DataError(f"data.render={self.setting} needs the tokenizer of model.name_or_path '{self.model}' to "
                             f"render conversational rows: {e}. Set data.render: hh to use the Human/Assistant dialogue "

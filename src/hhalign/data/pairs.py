@@ -13,12 +13,12 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from hhalign.data import formats
 from hhalign.config.schema import DataSection
-from hhalign.errors import DataError
+from hhalign.data import formats
 from hhalign.data.formats import Renderer, RowError
 from hhalign.data.hh import parse_hh_dialogue, split_prompt
 from hhalign.data.readers import RawRow, read_single
+from hhalign.errors import DataError
 
 # Reasons an HH row is skipped, in the order they are checked (other formats: formats.SKIP_REASONS).
 SKIP_REASONS = ("not_utf8", "invalid_json", "missing_field", "no_assistant_turn", "prefix_mismatch", "empty_final_turn")

@@ -15,14 +15,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from hhalign.data import formats
 from hhalign.artifacts import atomic_write_text
 from hhalign.config.schema import DataSection
-from hhalign.errors import DataError, PromptFileError
+from hhalign.data import formats
 from hhalign.data.formats import Renderer
 from hhalign.data.hh import eval_prompt, study_prompt
 from hhalign.data.pairs import Pair, Skips, clean_file, read_pairs
 from hhalign.data.readers import data_layout, read_rows
+from hhalign.errors import DataError, PromptFileError
 
 
 def draw_prompt_sets(

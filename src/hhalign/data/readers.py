@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.config.schema import DataSection
-from hhalign.errors import DataError
 from hhalign.data.hh import HH_HUB_ID
 from hhalign.data.sources import is_local_data
+from hhalign.errors import DataError
 
 # Readable file types, by how the name ends (checked in this order).
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv.gz", ".csv")

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hhalign.artifacts import sha256_file
 from hhalign.errors import DataError, ModelLoadError, UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -170,3 +171,8 @@ def require_hub(repo_id: str, repo_type: str, what: str, how: str = "") -> None:
     if status in (401, 404):
         raise HubError(f"{what} '{repo_id}' was not found on the Hugging Face hub (HTTP {status}; a private or gated "
                        "repo needs `hf auth login`). Check the id, or pass a local path.")
+
+
+def folder_name(path: str | Path) -> str:
+    """``SmolLM2-135M-Instruct.Q4_1-1a2b3c4d5e6f``: the file's name and the start of its sha256."""
+    return f"{Path(path).stem}-{sha256_file(path)[:12]}"

@@ -24,7 +24,6 @@ from hhalign.artifacts import MANIFEST
 from hhalign.config.schema import TINY, RunConfig
 from hhalign.data.sources import is_gguf
 
-
 STARTED = ".started.json"  # in an unfinished stage folder: the key it was started with
 JUDGE_FILE = "judge.json"  # in the score stage's folder: the judge's check on held-out pairs
 RUN_FILE = "run.json"  # in the run folder: the config, seeds, versions and command of `hhalign run`

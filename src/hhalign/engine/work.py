@@ -22,14 +22,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import git_commit, read_json, read_manifest, sha256_path, stop_if_interrupted, versions, write_json
+from hhalign.artifacts import (
+    git_commit,
+    read_json,
+    read_manifest,
+    sha256_path,
+    stop_if_interrupted,
+    versions,
+    write_json,
+)
 from hhalign.config.schema import RunConfig, section_hash
 from hhalign.data import sources
 from hhalign.data.prompts import load_prompts
 from hhalign.data.responses import load_scored_dir
-from hhalign.engine.table import MANIFEST, STAGES, STARTED, Stage, get, settings, stage_dir
+from hhalign.engine.table import (
+    MANIFEST,
+    STAGES,
+    STARTED,
+    Stage,
+    get,
+    settings,
+    stage_dir,
+)
 from hhalign.errors import UserError
-from hhalign.models.gguf import folder_name
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -76,7 +91,7 @@ def model_input(ref: str, run_dir: Path, how: str) -> Input:
     if sources.is_gguf(ref):
         path = sources.resolve(ref)
         sources.check_gguf_file(Path(path))
-        return Input(str(stage_dir(run_dir, "convert") / folder_name(path)))
+        return Input(str(stage_dir(run_dir, "convert") / sources.folder_name(path)))
     return Input(sources.resolve(ref), "model", how)
 
 

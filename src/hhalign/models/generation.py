@@ -54,10 +54,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hhalign.artifacts import write_json
 from hhalign.config.schema import GenerateSection
-from hhalign.errors import UserError
 from hhalign.data.formats import prompt_messages
-from hhalign.models.loading import load_causal_lm, pick_device, resolve_dtype
 from hhalign.data.prompts import load_prompts
+from hhalign.errors import UserError
+from hhalign.models.loading import load_causal_lm, pick_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 

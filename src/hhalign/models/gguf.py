@@ -23,18 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import atomic_dir, sha256_file, write_json
-from hhalign.data.sources import check_gguf_file, resolve
+from hhalign.data.sources import check_gguf_file, folder_name, resolve
 from hhalign.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 
 SOURCE_FILE = "gguf_source.json"  # in each converted folder: where it came from
-
-
-def folder_name(path: str | Path) -> str:
-    """``SmolLM2-135M-Instruct.Q4_1-1a2b3c4d5e6f``: the file's name and the start of its sha256."""
-    return f"{Path(path).stem}-{sha256_file(path)[:12]}"
 
 
 def _architecture(path: Path) -> str:

@@ -32,9 +32,15 @@ from transformers import (
 )
 
 from hhalign.config.schema import TinyModelSection
+from hhalign.data.sources import (
+    check_model,
+    is_adapter_dir,
+    is_gguf,
+    looks_local_model,
+    resolve,
+)
 from hhalign.errors import ModelLoadError
 from hhalign.models.gguf import cached
-from hhalign.data.sources import check_model, is_adapter_dir, is_gguf, looks_local_model, resolve
 
 # OPT's special-token layout: <s>=0, <pad>=1, </s>=2 (bos and eos), <unk>=3.
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]

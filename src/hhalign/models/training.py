@@ -21,13 +21,13 @@ import torch
 from transformers import TrainerCallback
 
 from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json
-from hhalign.config.schema import TINY, RunConfig, TrainSection
 from hhalign.config.files import checkpointing_default, library_class
-from hhalign.errors import TrainingError
-from hhalign.models.loading import fast_bf16
+from hhalign.config.schema import TINY, RunConfig, TrainSection
 from hhalign.data.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
 from hhalign.engine.table import artifact
 from hhalign.engine.work import Input, StageRun, begin, model_input
+from hhalign.errors import TrainingError
+from hhalign.models.loading import fast_bf16
 
 TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields and losses hhalign checks
 

@@ -21,10 +21,13 @@ from typing import Any
 
 from hhalign.artifacts import atomic_write_text, write_json
 from hhalign.config.schema import PROMPT_SETS, VARIANT_LABELS
-from hhalign.errors import UserError
-from hhalign.stats.rates import merge_caveats, with_holm
 from hhalign.engine.folder import RunFolder
+from hhalign.errors import UserError
+from hhalign.report import plots
+from hhalign.report.html import render_html
+from hhalign.report.markdown import FigureRef, Report, render_markdown
 from hhalign.stats.intervals import paired_comparison
+from hhalign.stats.rates import merge_caveats, with_holm
 
 log = logging.getLogger(__name__)
 RATES = ("HmR", "HpR", "CAS")
@@ -113,8 +116,6 @@ def table(runs: list[Run]) -> list[dict[str, Any]]:
 def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict[str, Any]]) -> Any:
     """The comparison as a report whose "variants" are (run, variant) pairs: the study's tables, the paired tests
     and the response viewer then show runs side by side."""
-    from hhalign.report.markdown import Report
-
     variants, data = {}, {}
     for run in runs:
         for v, block in run.metrics["variants"].items():
@@ -131,10 +132,6 @@ def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict
 
 def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, samples: int = 10000) -> dict[str, Any]:
     """Write compare.json, the figures, compare.md and compare.html to ``out_dir``; returns what compare.json holds."""
-    from hhalign.report import plots
-    from hhalign.report.html import render_html
-    from hhalign.report.markdown import FigureRef, render_markdown
-
     runs = [load_run(Path(d)) for d in run_dirs]
     if len(runs) < 2:
         raise UserError("hhalign compare needs at least two runs")

@@ -26,14 +26,19 @@ from typing import Any
 import yaml
 
 from hhalign import logs
-
-from hhalign.engine.table import MANIFEST, STAGES, active
-from hhalign.multirun.compare import compare
-from hhalign.pipeline import chain_keys, execute, make_shared_data, validate, write_run_json
 from hhalign.artifacts import read_json, write_json
-from hhalign.config.schema import RunConfig
 from hhalign.config.files import load_config
+from hhalign.config.schema import RunConfig
+from hhalign.engine.table import MANIFEST, STAGES, active
 from hhalign.errors import ConfigError
+from hhalign.multirun.compare import compare
+from hhalign.pipeline import (
+    chain_keys,
+    execute,
+    make_shared_data,
+    validate,
+    write_run_json,
+)
 
 log = logging.getLogger(__name__)
 SHARED = "_shared"  # under the sweep folder: the stage folders the points link to

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from hhalign.artifacts import atomic_write_bytes
 from hhalign.config.schema import PROMPT_SETS, VARIANT_LABELS, VARIANTS
+from hhalign.stats.validity import words
 
 # Okabe-Ito colours (colour-blind safe), one per variant, used by every figure and the HTML viewer.
 VARIANT_COLORS = {"base": "#7f7f7f", "sft": "#0072B2", "dpo": "#E69F00", "sft_dpo": "#009E73"}
@@ -257,8 +258,6 @@ def fig_judge(metrics: dict[str, Any]) -> Figure | None:
 
 def fig_length(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
     """Rating against answer length (words), per prompt set, one colour per variant: does the judge reward length?"""
-    from hhalign.stats.validity import words
-
     def draw(ax: Any, prompt_set: str, ratings: dict[str, list[float]], colors: dict[str, str], names: list[str]) -> None:
         rho = ((metrics.get("length") or {}).get(prompt_set) or {}).get("length_rating_spearman") or {}
         for v in names:

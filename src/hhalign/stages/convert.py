@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.config.schema import RunConfig
-from hhalign.data.sources import is_gguf, resolve
+from hhalign.data.sources import folder_name, is_gguf, resolve
 from hhalign.engine.work import Input, begin
-from hhalign.models.gguf import SOURCE_FILE, convert, folder_name
+from hhalign.models.gguf import SOURCE_FILE, convert
 
 GGUF_REFS = ("model.name_or_path", "rm.model")  # the config keys whose model may be a .gguf file
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from hhalign.artifacts import write_json, write_jsonl
 from hhalign.config.schema import PROMPT_SETS, TINY, DataSection, RunConfig
-from hhalign.errors import DataError
 from hhalign.data.formats import Renderer, RowError
 from hhalign.data.hh import ASSISTANT, study_prompt
 from hhalign.data.pairs import Pair, Skips, clean_file, read_pairs, template_pair
@@ -37,6 +36,8 @@ from hhalign.data.readers import (
 )
 from hhalign.data.sources import is_local_data
 from hhalign.engine.work import Input, begin, model_input
+from hhalign.errors import DataError
+from hhalign.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def prepare(cfg: RunConfig, model: str | None = None) -> tuple[dict[str, Any], d
     d = cfg.data
     notes: list[str] = []
     layout = data_layout(d)
-    renderer = Renderer(d.render, model or cfg.model.name_or_path)
+    renderer = Renderer(d.render, model or cfg.model.name_or_path, load_tokenizer=load_tokenizer)
     loaded = _load_single(d, renderer) if layout == "single" else _load_subsets(d, renderer, notes)
     eval_norm = {_norm(p) for ps in loaded.prompt_sets.values() for p in ps}
     pairs, dropped = _filtered(d, loaded)

@@ -19,14 +19,23 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from hhalign.config.schema import RunConfig
+from hhalign.artifacts import atomic_dir
 from hhalign.config.files import library_class
+from hhalign.config.schema import RunConfig
+from hhalign.engine.work import Input, StageRun
 from hhalign.errors import TrainingError
 from hhalign.models.loading import load_causal_lm
-from hhalign.engine.work import Input, StageRun
 from hhalign.models.training import (
-    StopOnInterrupt, base_model, begin_training, finish_training, fit_rows, last_checkpoint, load_rows, pair_inputs,
-    save_model_atomically, trl_args,
+    StopOnInterrupt,
+    base_model,
+    begin_training,
+    finish_training,
+    fit_rows,
+    last_checkpoint,
+    load_rows,
+    pair_inputs,
+    save_model_atomically,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)
@@ -113,8 +122,6 @@ def _save(trainer: Any, tok: Any, work: StageRun) -> None:
     """Every rank calls the trainer's save (under FSDP it gathers the sharded adapter) into adapter/; the main
     rank then builds the merged model for generation from that saved adapter, so both come from full weights."""
     from accelerate import PartialState
-
-    from hhalign.artifacts import atomic_dir
 
     save_model_atomically(trainer, tok, work.dir / "adapter")
     if work.main:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.config.schema import TINY, RunConfig
+from hhalign.data.responses import response_files
 from hhalign.engine.folder import RunFolder
 from hhalign.engine.table import JUDGE_FILE, artifact, stage_dir
 from hhalign.engine.work import Input, begin
-from hhalign.data.responses import response_files
 from hhalign.stats.rates import format_table
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,18 @@ from datasets import Dataset
 
 from hhalign.artifacts import atomic_dir
 from hhalign.config.schema import RunConfig
-from hhalign.models.loading import build_tiny_causal_lm, train_tokenizer
 from hhalign.engine.work import Input
+from hhalign.models.loading import build_tiny_causal_lm, train_tokenizer
 from hhalign.models.training import (
-    StopOnInterrupt, begin_training, finish_training, heldout_nll, last_checkpoint, load_rows, pair_inputs,
-    save_model_atomically, trl_args,
+    StopOnInterrupt,
+    begin_training,
+    finish_training,
+    heldout_nll,
+    last_checkpoint,
+    load_rows,
+    pair_inputs,
+    save_model_atomically,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,22 @@ from typing import Any
 from datasets import Dataset
 
 from hhalign.config.schema import TINY, RunConfig
-from hhalign.models.judge import judge_view, pairwise
-from hhalign.models.loading import build_tiny_reward_model, load_reward_model, train_tokenizer
 from hhalign.engine.work import Input, model_input
+from hhalign.models.judge import judge_view, pairwise
+from hhalign.models.loading import (
+    build_tiny_reward_model,
+    load_reward_model,
+    train_tokenizer,
+)
 from hhalign.models.training import (
-    StopOnInterrupt, begin_training, finish_training, last_checkpoint, load_rows, pair_inputs,
-    save_model_atomically, trl_args,
+    StopOnInterrupt,
+    begin_training,
+    finish_training,
+    last_checkpoint,
+    load_rows,
+    pair_inputs,
+    save_model_atomically,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from hhalign.artifacts import read_jsonl, write_json
 from hhalign.config.schema import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
-from hhalign.data.responses import discover, load_responses, load_scored_dir, parse_response_filename, response_files
+from hhalign.data.responses import (
+    discover,
+    load_responses,
+    load_scored_dir,
+    parse_response_filename,
+    response_files,
+)
 from hhalign.engine.table import JUDGE_FILE, artifact, stage_dir
 from hhalign.engine.work import Input, begin
 from hhalign.errors import UserError
 from hhalign.models.distill import Distilled, load_encoder
-from hhalign.models.judge import axis_check, check, distribution, load_judge, rate_files, rated, score_pairs
+from hhalign.models.judge import (
+    axis_check,
+    check,
+    distribution,
+    load_judge,
+    rate_files,
+    rated,
+    score_pairs,
+)
 from hhalign.models.judge import summary as judge_summary
 from hhalign.models.loading import local_folder
 from hhalign.stats.validity import words

@@ -15,12 +15,21 @@ from typing import Any
 from datasets import Dataset
 
 from hhalign.config.schema import RunConfig
+from hhalign.engine.work import Input
 from hhalign.errors import TrainingError
 from hhalign.models.loading import load_causal_lm
-from hhalign.engine.work import Input
 from hhalign.models.training import (
-    StopOnInterrupt, base_model, begin_training, finish_training, fit_rows, heldout_nll, last_checkpoint, load_rows,
-    pair_inputs, save_model_atomically, trl_args,
+    StopOnInterrupt,
+    base_model,
+    begin_training,
+    finish_training,
+    fit_rows,
+    heldout_nll,
+    last_checkpoint,
+    load_rows,
+    pair_inputs,
+    save_model_atomically,
+    trl_args,
 )
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from typing import Any
 from hhalign.config.schema import RunConfig
 from hhalign.engine.table import artifact
 from hhalign.engine.work import Input
-from hhalign.stages import dpo
 from hhalign.models.training import pair_inputs
+from hhalign.stages import dpo
 
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:

@@ -13,9 +13,9 @@ from typing import Any
 
 from hhalign.artifacts import atomic_write_text, write_json
 from hhalign.config.schema import VARIANT_LABELS
-from hhalign.stats.rates import merge_caveats
 from hhalign.engine.folder import RunFolder, seed_folder
 from hhalign.engine.table import artifact
+from hhalign.stats.rates import merge_caveats
 
 KEYS = ("HmR", "HpR", "CAS")
 log = logging.getLogger(__name__)
