@@ -13,7 +13,7 @@ Everything else is the preset's: float32, the paper protocol, batch 2 x accumula
 DPO's TRL default 1024, gradient checkpointing as TRL sets it, LoRA r 8 on q_proj/v_proj, 50 new tokens, the
 study's -3 / -2 thresholds. It then checks every stage's manifest and outputs and the report, and prints each
 stage's wall time and the run's peak memory. A test would take too long for CI (10 minutes here on 2 cores),
-so this is a benchmark the README names; run it after changing anything on the paper path.
+so this is a benchmark the docs name (docs/performance.md); run it after changing anything on the paper path.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
 
 def _distill(work: Any, reference: dict[str, dict[str, list[dict[str, Any]]]] | None, axes: list[str]) -> dict[str, Distilled]:
     """A judge per distilled axis, each fitted on the reference's answers to that axis's prompt set only (a fit on
-    both sets agreed less with the study's judge: Spearman 0.32 against 0.52 on helpful prompts, README)."""
+    both sets agreed less with the study's judge: Spearman 0.32 against 0.52 on helpful prompts, docs/study.md)."""
     if not axes:
         return {}
     encoder = load_encoder(local_folder(work.inputs["distill_encoder"].ref))
