@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from hhalign.config.schema import GenerateSection
-from hhalign.stages.generate import _study_loop, generate_responses, length_batches, prefill_overhead
+from hhalign.models.generation import _study_loop, generate_responses, length_batches, prefill_overhead
 from hhalign.models.loading import DTYPES, build_random, deberta_v3_large_config, opt_350m_config, pick_device, train_tokenizer
-from hhalign.stages.score import _score_one_at_a_time, pass_overhead, score_pairs
+from hhalign.models.judge import _score_one_at_a_time, pass_overhead, score_pairs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 NEW_TOKENS = 50  # the study's budget

@@ -6,7 +6,7 @@ effective batch, same model).
 
 OPT-350M's architecture is built with random weights (same compute as the real model, no download); the
 tokenizer is a byte-level BPE trained here on HH-RLHF dialogues (ids stay below OPT's vocabulary). The data are
-real: harmless-base test pairs split into prompt/chosen/rejected with hhalign.stages.data.split_prompt. Each side trains
+real: harmless-base test pairs split into prompt/chosen/rejected with hhalign.data.hh.split_prompt. Each side trains
 for exactly --steps optimizer steps on the same steps x 8 rows (one epoch over them, so both sides see the same
 rows and the same useful tokens), each side in a fresh process so that its peak memory is its own.
 
@@ -448,7 +448,7 @@ def run_dpo_stage(args: argparse.Namespace) -> dict[str, Any]:
     from hhalign.artifacts import write_jsonl
     from hhalign.config.files import load_config
     from hhalign.models.loading import build_random, opt_350m_config
-    from hhalign.engine.work import stage_dir
+    from hhalign.engine.table import stage_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)

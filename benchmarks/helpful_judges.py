@@ -44,7 +44,7 @@ from hhalign.models.distill import Distilled, load_encoder
 from hhalign.data.formats import prompt_messages
 from hhalign.models.loading import load_reward_model, resolve_dtype
 from hhalign.data.responses import load_scored_dir
-from hhalign.stages.score import score_pairs
+from hhalign.models.judge import score_pairs
 from hhalign.stats.validity import agreement
 
 QUESTIONS = {
