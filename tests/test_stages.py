@@ -372,3 +372,41 @@ def test_the_preset_list_comes_from_the_package(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "shipped preset by name (paper, paper_fast, smol, tiny)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "configs/tiny.yaml", "--out", "x.json"], "hhalign generate CONFIG: --out name files"),
+    (["metrics", "configs/tiny.yaml", "--json", "m.json"], "hhalign metrics CONFIG: --json name files"),
+    (["metrics", "a", "b"], "hhalign metrics reads one folder, got 2: a b"),
+    (["generate", "stray.json", "--model", "m", "--prompts", "p", "--out", "o"], "hhalign generate takes a CONFIG or --model/--prompts/--out"),
+    (["config", "tiny", "--keys"], "hhalign config --keys lists every key of the schema; a CONFIG or --set has no effect"),
+    (["config", "--set", "dpo.beta=0.2"], "hhalign config --set needs a CONFIG"),
+])
+def test_every_shown_option_is_applied_or_refused(args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)
+    assert main([*args, *(["--set", f"output_dir={tmp_path}"] if args[1:2] == ["configs/tiny.yaml"] else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_with_a_config_an_option_that_mirrors_a_key_overrides_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``hhalign generate CONFIG --batch-size 3`` is ``--set generate.batch_size=3``: the stage sees it."""
+    from hhalign import pipeline as pipeline_module
+
+    seen = {}
+    monkeypatch.setattr(pipeline_module, "validate", lambda cfg, run_dir, only=None: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(pipeline_module, "run_stage", lambda name, cfg, run_dir, **kw: None)
+    monkeypatch.chdir(REPO)
+    assert main(["generate", "tiny", "--batch-size", "3", "--protocol", "chat", "--set", f"output_dir={tmp_path}"]) == 0
+    assert seen["cfg"].generate.batch_size == 3 and seen["cfg"].generate.protocol == "chat"
+
+
+def test_choices_come_from_the_config_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from hhalign.config.schema import PROTOCOLS
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "m", "--prompts", "p", "--out", "o", "--protocol", "nonsense"])
+    err = capsys.readouterr().err
+    assert "argument --protocol: invalid choice: 'nonsense'" in err and all(p in err.split("choose from")[1] for p in PROTOCOLS)
