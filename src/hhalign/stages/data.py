@@ -209,9 +209,10 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     """Write 01_data/ (prefs.jsonl, heldout.jsonl, prompts/, data_report.json) and its manifest. The SFT stage
     trains on the chosen side of prefs.jsonl."""
     started = time.time()
-    model = inputs(cfg, run_dir).get("model")
+    ins = inputs(cfg, run_dir)
+    model = ins.get("model")
     report, pairs, prompt_sets = prepare(cfg, model.ref if model else None)  # a data problem fails here, before the folder is touched
-    work = begin("data", cfg, run_dir, inputs(cfg, run_dir), resume=False, started=started)
+    work = begin("data", cfg, run_dir, ins, resume=False, started=started)
     write_jsonl(work.dir / "prefs.jsonl", (p.to_json() for p in pairs["train"]))
     write_jsonl(work.dir / "heldout.jsonl", (p.to_json() for p in pairs["heldout"]))
     for name, prompts in prompt_sets.items():
