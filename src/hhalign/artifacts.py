@@ -141,15 +141,19 @@ def catch_interrupts() -> None:
     runs ("Exception ignored in ..."), and a run would then go on as if nothing happened. With the
     interrupt remembered, ``stop_if_interrupted`` stops it at the next training step or before the
     next manifest, so a stage interrupted that way is never marked finished.
+
+    SIGTERM (a launcher stopping the other processes of a launch when one fails, Slurm cancelling a job) is
+    handled alike, so that writes in progress remove their temporary files and the run says why it stopped.
     """
 
     def handler(signum: int, frame: Any) -> None:
         global _interrupted
         _interrupted = True
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(signal.Signals(signum).name)  # errors.report says which signal stopped the run
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
 
 
 def stop_if_interrupted() -> None:

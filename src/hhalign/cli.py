@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import hhalign
-from hhalign import __version__, errors, logs
+from hhalign import __version__, errors, logs, parallel
 from hhalign.artifacts import catch_interrupts
 from hhalign.config.files import (
     add_section_options,
@@ -391,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     logs.console()
+    if parallel.launched() and os.environ.get("RANK", "0") != "0":
+        # one process of a launch speaks, rank 0; the others say only why they failed, and draw no progress bars
+        logs.ROOT.setLevel(logging.ERROR)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' (read when it is imported)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     catch_interrupts()
     try:
         return _dispatch(args)

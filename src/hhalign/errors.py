@@ -71,7 +71,11 @@ def report(e: BaseException, command: str, stage: str | None = None, memory_keys
         return e._hhalign_exit  # type: ignore[attr-defined]
     where = f"stage '{stage}'" if stage else f"hhalign {command}"
     if isinstance(e, KeyboardInterrupt):
-        log.error(f"hhalign {command}: interrupted; finished stages stay valid, run the same command again to resume")
+        how = "interrupted"
+        if str(e) == "SIGTERM":  # artifacts.catch_interrupts; a launcher stops every process when one fails
+            how = ("stopped by SIGTERM (under a launch: another process failed or the job was cancelled; the launcher's "
+                   "report names the rank)")
+        log.error(f"hhalign {command}: {how}; finished stages stay valid, run the same command again to resume")
         code = EXIT_INTERRUPTED
     elif isinstance(e, UserError):
         log.error(f"hhalign {command}: error: {e}")

@@ -20,11 +20,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
-from hhalign import errors, logs
+from hhalign import errors, logs, parallel
 from hhalign.artifacts import git_commit, versions, write_json
 from hhalign.config.schema import RunConfig, section_hash
 from hhalign.engine.folder import seed_folder
@@ -66,8 +67,11 @@ def inputs(stage: Stage, cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 
 
 def run_stage(name: str, cfg: RunConfig, run_dir: Path, **kwargs: object) -> dict | None:
-    """Run one stage (its module's ``run``): ``hhalign NAME CONFIG`` and every stage of ``hhalign run``."""
-    return MODULES[name].run(cfg, Path(run_dir), **kwargs)
+    """Run one stage (its module's ``run``): ``hhalign NAME CONFIG`` and every stage of ``hhalign run``. Under a
+    launch of several processes a stage that is not ``every_rank`` runs on rank 0 alone, the others waiting."""
+    if get(name).every_rank:
+        return MODULES[name].run(cfg, Path(run_dir), **kwargs)
+    return parallel.on_main(lambda: MODULES[name].run(cfg, Path(run_dir), **kwargs), f"stage '{name}'")
 
 
 def validate(cfg: RunConfig, run_dir: Path, only: list[Stage] | None = None) -> None:
@@ -151,6 +155,7 @@ def print_plan(steps: list[Step], run_dir: Path, header: str = "") -> None:
 def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, ...] = ()) -> list[str]:
     """Plan, print, and run the stages of one run folder. Returns the names of the stages that ran."""
     steps = plan(cfg, run_dir, shared)
+    parallel.barrier("planning")  # every rank has planned before rank 0 changes a stage folder
     print_plan(steps, run_dir, header)
     n, ran = len(steps), []
     for k, step in enumerate(steps, 1):
@@ -173,24 +178,36 @@ def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, 
 
 
 def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None = None) -> int:
+    """Every stage the config needs. Under ``accelerate launch`` every process runs this: they check they agree on
+    the config and the run folder, plan alike, and each stage runs on every rank or on rank 0 alone (``run_stage``)."""
     run_dir = cfg.run_dir
+    parallel.agree({"config hash": cfg.hash(), "run folder": str(run_dir.resolve()), "seeds": str(seeds)}, "hhalign run")
     validate(cfg, run_dir)  # before any folder is touched
     if dry_run:
         for sub_cfg, sub_dir, header in _per_seed(cfg, run_dir, seeds):
             print_plan(plan(sub_cfg, sub_dir, ("data",) if seeds else ()), sub_dir, header)
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with logs.to_file(run_dir / "run.log"):
+    if parallel.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    parallel.barrier("hhalign run")
+    parallel.check_shared(run_dir, "hhalign run")
+    with logs.to_file(run_dir / "run.log") if parallel.is_main() else nullcontext():
         log.info(f"hhalign run: {run_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-        write_run_json(cfg, run_dir, seeds)
+        if hint := parallel.idle_gpus_hint():
+            log.info(hint)
+        if parallel.size() > 1:
+            log.info(f"hhalign run: {parallel.size()} processes; training, generate and score use all of them, the other "
+                     "stages run on rank 0")
+        if parallel.is_main():
+            write_run_json(cfg, run_dir, seeds)
         started = time.time()
         for sub_cfg, sub_dir, header in _per_seed(cfg, run_dir, seeds):
             if seeds:
-                _share_data(cfg, run_dir, sub_dir)
+                parallel.on_main(lambda sub_dir=sub_dir: _share_data(cfg, run_dir, sub_dir), "the shared data stage")
             if not execute(sub_cfg, sub_dir, header, ("data",) if seeds else ()):
                 log.info(f"{header}nothing to do: every stage is done with these settings and inputs")
         if seeds:
-            aggregate(run_dir, seeds)
+            parallel.on_main(lambda: aggregate(run_dir, seeds), "the seeds report")
         shown = run_dir / "seeds_report.md" if seeds else artifact(run_dir, "report", "report.html")
         log.info(f"hhalign run: finished in {time.time() - started:.1f} s; report: {shown}")
     return 0

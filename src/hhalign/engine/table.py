@@ -60,6 +60,9 @@ class Stage:
     help: str
     memory_keys: tuple[str, ...] = ()  # what to lower when it runs out of memory
     when: Callable[[RunConfig], bool] = _always
+    # under a launch of several processes (hhalign.parallel): every rank runs it (training under Accelerate;
+    # generate and score deal their batches), else rank 0 runs it alone while the others wait
+    every_rank: bool = False
 
     def declares(self, name: str) -> bool:
         """Whether ``name`` (a path inside the stage folder) is one of its declared outputs or lies inside one."""
@@ -78,20 +81,22 @@ STAGES: tuple[Stage, ...] = (
           "parse the preference data into preference pairs, held-out pairs, eval prompt sets and a data report"),
     Stage("pretrain", "02_pretrain", ("data",), _MODEL, ("model", "pretrain", "seed"),
           "tiny preset: build the from-scratch base model and pretrain it on all dialogue text",
-          tuple(f"pretrain.{k}" for k in _TRAIN), _tiny),
+          tuple(f"pretrain.{k}" for k in _TRAIN), _tiny, every_rank=True),
     Stage("sft", "03_sft", ("convert", "data", "pretrain"), _MODEL, ("model", "sft", "seed"),
-          "supervised fine-tuning (full) on the chosen dialogues", tuple(f"sft.{k}" for k in _TRAIN), _needs("sft", "sft_dpo")),
+          "supervised fine-tuning (full) on the chosen dialogues", tuple(f"sft.{k}" for k in _TRAIN), _needs("sft", "sft_dpo"),
+          every_rank=True),
     Stage("dpo", "04_dpo", ("convert", "data", "pretrain"), ("adapter", *_MODEL), ("model", "dpo", "seed"),
-          "DPO with LoRA from the base model", tuple(f"dpo.{k}" for k in _TRAIN), _needs("dpo")),
+          "DPO with LoRA from the base model", tuple(f"dpo.{k}" for k in _TRAIN), _needs("dpo"), every_rank=True),
     Stage("sft_dpo", "05_sft_dpo", ("data", "sft"), ("adapter", *_MODEL), ("model.pad_token", "dpo", "seed"),
-          "the same DPO, started from the SFT model", tuple(f"dpo.{k}" for k in _TRAIN), _needs("sft_dpo")),
+          "the same DPO, started from the SFT model", tuple(f"dpo.{k}" for k in _TRAIN), _needs("sft_dpo"), every_rank=True),
     Stage("rm", "06_rm", ("convert", "data"), _MODEL, ("rm", "model.tiny", "seed"),
-          "train a reward model on the preference pairs (the run's own judge)", tuple(f"rm.{k}" for k in _TRAIN), _rm),
+          "train a reward model on the preference pairs (the run's own judge)", tuple(f"rm.{k}" for k in _TRAIN), _rm, every_rank=True),
     Stage("generate", "07_generate", ("convert", "data", "pretrain", "sft", "dpo", "sft_dpo"), (RESPONSES,),
           ("generate", "variants"), "every variant answers every eval prompt set (batched greedy decoding)",
-          ("generate.batch_size",)),
+          ("generate.batch_size",), every_rank=True),
     Stage("score", "08_score", ("data", "generate", "rm"), (RESPONSES, JUDGE_FILE), ("score",),
-          "a reward model rates every (prompt, response)", ("score.batch_size",)),
+          "a reward model rates every (prompt, response)", ("score.batch_size",),
+          every_rank=True),
     Stage("metrics", "09_metrics", ("score",), ("metrics.json",), ("metrics",),
           "HmR, HpR, CAS with intervals, paired tests and threshold sweeps"),
     Stage("report", "10_report", ("data", "score", "metrics"), ("report.md", "report.html", "*.png", "*.svg", "*.pdf"), ("report",),

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hhalign import parallel
 from hhalign.artifacts import (
     git_commit,
     read_json,
@@ -188,7 +188,7 @@ class StageRun:
         """Write manifest.json, last: settings, inputs with hashes, outputs, versions, timings. Raises
         KeyboardInterrupt instead after a Ctrl-C (``artifacts.catch_interrupts``): the stage stays unfinished."""
         stop_if_interrupted()
-        missing = [o for o in outputs if not (self.dir / o).exists()]
+        missing = [o for o in outputs if not (self.dir / o).exists()] if self.main else []
         if missing:
             raise RuntimeError(f"stage {self.stage.name} lists outputs it did not write: {missing}")
         undeclared = [o for o in outputs if not self.stage.declares(o)]
@@ -210,30 +210,33 @@ class StageRun:
         if self.main:
             write_json(self.dir / MANIFEST, manifest)
             (self.dir / STARTED).unlink(missing_ok=True)  # finished: the manifest says all the start record did
+        parallel.barrier(f"stage '{self.stage.name}'")  # no rank goes on to the next stage before the manifest is there
         return manifest
 
 
 def begin(name: str, cfg: RunConfig, run_dir: str | Path, ins: dict[str, Input], *, resume: bool = True,
-          main: bool = True, barrier: Callable[[], None] | None = None, started: float | None = None) -> StageRun:
+          started: float | None = None) -> StageRun:
     """Key the stage by its settings and the content of ``ins`` (its module's ``inputs``, or what replaces them:
-    ``hhalign dpo --from PATH``), and prepare its folder: kept when ``resume`` and ``decide`` says resume, else
-    cleared. Under several processes only ``main`` touches the folder; ``barrier`` makes the others wait for it.
+    ``hhalign dpo --from PATH``), and prepare its folder: kept when ``resume`` and ``decide`` says resume (less the
+    temporary files an interrupted write left), else cleared. Under several processes (``hhalign.parallel``) every
+    rank keys the stage, they check they agree, and only rank 0 touches the folder while the others wait.
     ``started``: when the stage began (default: now), for its wall time."""
     stage, run_dir = get(name), Path(run_dir)
     _check_upstream(stage, ins)
     decision = decide(stage, cfg, run_dir, ins)
     d = run_dir / stage.folder
     keep = resume and decision.action == "resume"
-    if barrier:
-        barrier()  # every rank has decided before the main one changes the folder
-    if main:
+    # every rank has decided (on the same settings, inputs and folder) before rank 0 changes the folder
+    parallel.agree({"stage key": decision.key, "run folder": str(run_dir.resolve())}, f"stage '{name}'")
+    if parallel.is_main():
         if d.exists() and not keep:
             _clear(d)
         d.mkdir(parents=True, exist_ok=True)
+        for tmp in d.glob(".*.tmp*"):  # what a write killed halfway left (artifacts.atomic_write_bytes, atomic_dir)
+            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
         write_json(d / STARTED, {"key": decision.key, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    if barrier:
-        barrier()
-    return StageRun(stage, d, decision.key, decision.settings, ins, decision.hashes, resumed=keep, main=main,
+    parallel.barrier(f"stage '{name}'")
+    return StageRun(stage, d, decision.key, decision.settings, ins, decision.hashes, resumed=keep, main=parallel.is_main(),
                     started=started or time.time())
 
 

@@ -52,6 +52,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import StaticLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from hhalign import parallel
 from hhalign.artifacts import write_json
 from hhalign.config.schema import GenerateSection
 from hhalign.data.formats import prompt_messages
@@ -135,17 +136,20 @@ def generate_responses(
         return []
     special = cfg.protocol != "template"  # a chat template writes its own special tokens
     encoded, dropped = zip(*(_encode(tok, model_text(p, cfg.protocol, tok), model, cfg.max_new_tokens, special) for p in prompts))
-    rows: list[dict[str, Any] | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc or f"generate ({cfg.protocol})", unit="prompt", disable=not progress)
+    # under a launch of several processes each rank answers whole batches of the ones a single process forms
+    # (hhalign.parallel.deal), so every row is computed exactly as one process computes it
+    mine = parallel.deal(length_batches([len(ids) for ids in encoded], cfg.batch_size))
+    rows: list[tuple[int, dict[str, Any]]] = []
+    bar = tqdm(total=sum(map(len, mine)), desc=desc or f"generate ({cfg.protocol})", unit="prompt",
+               disable=not progress or not parallel.is_main())
     # prompts read in groups only where caches can be merged; otherwise one padded pass per batch
     overhead = prefill_overhead(device) if _mergeable(model) else math.inf
     with torch.inference_mode(), bar:
-        for idx in length_batches([len(ids) for ids in encoded], cfg.batch_size):
+        for idx in mine:
             batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {}, overhead)
-            for i, row in zip(idx, batch):
-                rows[i] = {"prompt": prompts[i], **row, "n_prompt_dropped": dropped[i]}
+            rows += [(i, {"prompt": prompts[i], **row, "n_prompt_dropped": dropped[i]}) for i, row in zip(idx, batch)]
             bar.update(len(idx))
-    return rows  # type: ignore[return-value]
+    return parallel.gather(rows, len(prompts), desc or "generate")
 
 
 def length_batches(lengths: list[int], max_size: int, overhead: float = math.inf) -> list[list[int]]:

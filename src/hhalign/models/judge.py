@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hhalign import parallel
 from hhalign.artifacts import write_json
 from hhalign.config.schema import ScoreSection
 from hhalign.data.hh import eval_prompt
@@ -79,16 +80,17 @@ def score_pairs(
         model.to(device)
     # Each pair tokenized alone, as the study did (truncation=True: the tokenizer's model_max_length).
     encoded = [tok(p, r, truncation=True) for p, r in zip(prompts, responses)]
-    scores: list[float] = [0.0] * len(encoded)
-    bar = tqdm(total=len(encoded), desc=desc, unit="pair", disable=not progress)
+    # under a launch each rank rates whole batches of the ones a single process forms (hhalign.parallel.deal)
+    mine = parallel.deal(length_batches([len(e["input_ids"]) for e in encoded], batch_size, pass_overhead(device)))
+    scores: list[tuple[int, float]] = []
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="pair", disable=not progress or not parallel.is_main())
     with torch.inference_mode(), bar:
-        for idx in length_batches([len(e["input_ids"]) for e in encoded], batch_size, pass_overhead(device)):
+        for idx in mine:
             batch = tok.pad([encoded[i] for i in idx], padding=True, padding_side="right", return_tensors="pt")
             logits = model(**batch.to(device)).logits  # (B, num_labels)
-            for i, s in zip(idx, logits[:, 0].float().tolist()):
-                scores[i] = s
+            scores += zip(idx, logits[:, 0].float().tolist())
             bar.update(len(idx))
-    return scores
+    return parallel.gather(scores, len(encoded), desc)
 
 
 def _score_one_at_a_time(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str]) -> list[float]:
@@ -119,7 +121,8 @@ def rate_files(reward_model: str | Path, paths: list[Path], cfg: ScoreSection, j
         rows = entries[p]
         scores = score_pairs(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows], cfg.batch_size,
                              device=dev, desc=f"score {p.stem}")
-        write_json(p, [rated(r, s) for r, s in zip(rows, scores)])
+        if parallel.is_main():  # under a launch every rank has every rating (parallel.gather); rank 0 writes
+            write_json(p, [rated(r, s) for r, s in zip(rows, scores)])
         ratings[p] = scores
     return ratings
 

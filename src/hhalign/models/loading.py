@@ -13,6 +13,7 @@ Benchmarks build the real architectures with random weights (same compute, no do
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -340,8 +341,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    return torch.device(device)
+    """``auto``: a GPU if there is one, else the CPU. Under a launch of several processes "cuda" means this
+    process's own GPU (``LOCAL_RANK``), as Accelerate places the training stages' models."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return dev

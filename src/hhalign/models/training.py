@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from hhalign import parallel
 from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json
 from hhalign.config.files import checkpointing_default, library_class
 from hhalign.config.schema import TINY, RunConfig, TrainSection
@@ -56,13 +57,10 @@ def load_rows(work: StageRun, name: str, section: TrainSection | None = None) ->
 
 
 def begin_training(name: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> StageRun:
-    """``hhalign.engine.work.begin`` on every rank of a launch (the main one prepares the folder, the others wait for it)."""
-    from accelerate import PartialState
-
+    """``hhalign.engine.work.begin`` on every rank of a launch (rank 0 prepares the folder, the others wait for it)."""
     check_trl_version()
-    # cpu=True on CPU-only machines makes accelerate form the gloo group, so wait_for_everyone really waits
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return begin(name, cfg, run_dir, ins, resume=resume, main=state.is_main_process, barrier=state.wait_for_everyone)
+    parallel.state()  # join the launch's process group (gloo on CPU-only machines) before the Trainer does
+    return begin(name, cfg, run_dir, ins, resume=resume)
 
 
 # ----------------------------------------------------------------------------- TRL config
@@ -83,6 +81,9 @@ def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixe
     args.setdefault("save_total_limit", 2)
     args.setdefault("disable_tqdm", False)
     args.setdefault("dataloader_num_workers", 0)
+    # under DDP: every trainable parameter gets a gradient in every step (LoRA's frozen weights are not trainable),
+    # so DDP need not search the graph for unused ones after each backward pass (the Trainer's default does)
+    args.setdefault("ddp_find_unused_parameters", False)
     if not on_gpu():
         args.setdefault("use_cpu", True)
     args.update(fixed)
@@ -227,21 +228,18 @@ def heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]]) -> float:
 
 
 def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
-    """All ranks call save (FSDP/DeepSpeed gather); the main rank renames the finished folder into place."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    """All ranks call save (FSDP/DeepSpeed gather); rank 0 renames the finished folder into place."""
     tmp = target.with_name(f".{target.name}.tmp")
-    if state.is_main_process:
+    if parallel.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-    state.wait_for_everyone()
+    parallel.barrier(f"saving {target}")
     trainer.save_model(str(tmp))
-    if state.is_main_process:
+    if parallel.is_main():
         tok.save_pretrained(str(tmp))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    state.wait_for_everyone()
+    parallel.barrier(f"saving {target}")
 
 
 def precision(args: Any) -> str:
@@ -251,15 +249,16 @@ def precision(args: Any) -> str:
 
 def finish_training(work: StageRun, report: dict[str, Any], outputs: list[str], trainer: Any = None) -> dict[str, Any] | None:
     """train_report.json (with the trainer's precision and log), then manifest.json (last), then drop the
-    checkpoints; main process only."""
-    if not work.main:
-        return None
+    checkpoints; rank 0 writes, every rank of a launch calls it (``StageRun.finish`` waits for all)."""
     if trainer is not None:
         report.update(precision=precision(trainer.args), log_history=log_history(trainer))
     report["wall_seconds"] = round(time.time() - work.started, 2)
-    write_json(work.dir / "train_report.json", report)
+    if work.main:
+        write_json(work.dir / "train_report.json", report)
     manifest = work.finish([*outputs, "train_report.json"], extra={"summary": report.get("summary", ""),
                                                                    "precision": report.get("precision", "fp32")})
+    if not work.main:
+        return None
     shutil.rmtree(work.dir / "checkpoints", ignore_errors=True)
     return manifest
 

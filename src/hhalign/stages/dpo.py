@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from hhalign import parallel
 from hhalign.artifacts import atomic_dir
 from hhalign.config.files import library_class
 from hhalign.config.schema import RunConfig
@@ -121,12 +122,10 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resu
 def _save(trainer: Any, tok: Any, work: StageRun) -> None:
     """Every rank calls the trainer's save (under FSDP it gathers the sharded adapter) into adapter/; the main
     rank then builds the merged model for generation from that saved adapter, so both come from full weights."""
-    from accelerate import PartialState
-
     save_model_atomically(trainer, tok, work.dir / "adapter")
     if work.main:
         merged, _ = load_causal_lm(str(work.dir / "adapter"))
         with atomic_dir(work.dir / "model") as tmp:
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-    PartialState().wait_for_everyone()
+    parallel.barrier(f"saving {work.dir / 'model'}")

@@ -41,14 +41,16 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     sets = {name.split("/", 1)[1]: Path(i.ref) for name, i in work.inputs.items() if name.startswith("prompts/")}
     dev = pick_device(cfg.generate.device)
     outputs, kept, cut, total, reasons = [], [], 0, 0, {}
+    # what is left to do, seen by every rank of a launch before rank 0 writes anything (generate_responses gathers)
+    todo = {v: {s: p for s, p in sets.items() if not (work.dir / f"{v}_{s}.json").is_file()} for v in cfg.variants}
     for variant in cfg.variants:
-        todo = {s: p for s, p in sets.items() if not (work.dir / f"{variant}_{s}.json").is_file()}
-        kept += [f"{variant}_{s}.json" for s in sets if s not in todo]
-        if todo:
+        kept += [f"{variant}_{s}.json" for s in sets if s not in todo[variant]]
+        if todo[variant]:
             model, tok = load_causal_lm(work.inputs[f"model/{variant}"].ref, device=dev, dtype=resolve_dtype(cfg.generate.dtype, dev))
-            for name, path in todo.items():
+            for name, path in todo[variant].items():
                 rows = generate_responses(model, tok, load_prompts(path), cfg.generate, device=dev, desc=f"generate {variant}/{name}")
-                write_json(work.dir / f"{variant}_{name}.json", rows)
+                if work.main:
+                    write_json(work.dir / f"{variant}_{name}.json", rows)
                 cut += sum(r["n_prompt_dropped"] > 0 for r in rows)
                 total += len(rows)
                 for r in rows:

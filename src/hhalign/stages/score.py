@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hhalign import parallel
 from hhalign.artifacts import read_jsonl, write_json
 from hhalign.config.schema import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
 from hhalign.data.responses import (
@@ -78,9 +79,13 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
         out = work.dir / name
         if out.is_file() and all("rating" in e for e in load_responses(out)):
             continue  # rated before an interruption (each file is rewritten atomically)
-        shutil.copyfile(work.inputs[f"responses/{name}"].ref, work.dir / f".{name}.copy")
-        os.replace(work.dir / f".{name}.copy", out)
         todo.append(out)
+    parallel.barrier("score")  # every rank of a launch knows what is left before rank 0 copies
+    if work.main:
+        for out in todo:
+            shutil.copyfile(work.inputs[f"responses/{out.name}"].ref, work.dir / f".{out.name}.tmp")
+            os.replace(work.dir / f".{out.name}.tmp", out)
+    parallel.barrier("score")  # ... and reads the copies after rank 0 made them
     rm = work.inputs["reward_model"].ref
     loaded = load_judge(rm, cfg.score)
     axes_of = {name: parse_response_filename(name)[1] for name in names}
@@ -90,14 +95,17 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
         if axes_of[name] in distilled:
             rows = load_responses(work.dir / name)
             scores = distilled[axes_of[name]].rate([r["prompt"] for r in rows], [r["response"] for r in rows], list(range(len(rows))))
-            write_json(work.dir / name, [rated(r, x) for r, x in zip(rows, scores)])
+            if work.main:
+                write_json(work.dir / name, [rated(r, x) for r, x in zip(rows, scores)])
             ratings[work.dir / name] = scores
+    parallel.barrier("score")  # the rated files are written before any rank reads them back (_check_judge)
     # the run's own judge by its place in the run (06_rm/model), so the record is the same wherever the run lives
     inside = Path(rm).resolve().is_relative_to(Path(run_dir).resolve())
     verdict = {"reward_model": os.path.relpath(rm, run_dir) if inside else rm, **_check_judge(work, cfg, loaded, names, distilled)}
     if reference is not None:
         verdict["reference"] = rate_reference(loaded, reference, cfg, distilled)
-    write_json(work.dir / JUDGE_FILE, verdict)
+    if work.main:
+        write_json(work.dir / JUDGE_FILE, verdict)
     summary = f"score: {len(todo)} files rated by {rm}" + (f", {len(names) - len(todo)} kept from before" if len(todo) < len(names) else "")
     log.info(summary)
     (log.warning if verdict["at_chance"] else log.info)(judge_summary(verdict, rm))
