@@ -1,18 +1,24 @@
-"""`accelerate launch -m hhalign sft|dpo CONFIG` with two CPU processes (gloo): both ranks train, on different
-data, and only rank 0 writes the stage's artifacts.
+"""`accelerate launch --num_processes 2 -m hhalign run` on CPU processes (gloo): the tiny preset end to end.
 
-What each rank trained on, and which process renamed which file into place, is recorded from outside the
-package: a ``sitecustomize.py`` on PYTHONPATH (written to the test's tmp dir) wraps ``Trainer.training_step``
-and ``os.replace`` in every Python process of the run and appends to per-process trace files.
+One launch runs every stage; the tests then read what it left: each training stage trained both ranks on
+different rows, only rank 0 wrote artifacts, and the responses and ratings of the data-parallel generate and
+score stages equal a one-process run of the same stages on the same models, byte for byte. Further launches:
+ranks that disagree on the config stop before any work; a rank killed mid-stage stops the launch (the
+launcher names it), leaves no half-written artifact, and the same command resumes to the same files.
+
+What each rank trained on, which process wrote which file, and the kill are arranged from outside the package:
+a ``sitecustomize.py`` on PYTHONPATH (written to the test's tmp dir) wraps ``Trainer.training_step``,
+``open``/``os.replace`` and ``hhalign.models.generation._generate_batch`` in every Python process of the run.
 
 On a CPU-only machine ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelerate's simple
-launcher needs mpirun for more); ``--multi_gpu --num_processes 2`` goes through torchrun, and TRL's configs
-(``use_cpu=True`` without CUDA) then set up a gloo process group. CUDA is hidden so the test is the same on
-a GPU machine.
+launcher needs mpirun for more); ``--multi_gpu --num_processes 2`` goes through torchrun, and hhalign
+(``hhalign.parallel.state``) then joins a gloo process group. CUDA is hidden so the test is the same on a GPU
+machine.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -24,32 +30,36 @@ from pathlib import Path
 
 import pytest
 
-from hhalign.engine.table import stage_dir
+from hhalign.engine.table import MANIFEST, STAGES, stage_dir
 
-pytestmark = pytest.mark.slow  # two processes per test, a minute in all
+pytestmark = pytest.mark.slow  # five launches of two processes, about three minutes in all
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf"
 
-# A run of seconds: 32 training pairs, a ~50k-parameter model, one epoch of each stage.
+# A run of seconds: 32 training pairs, a ~50k-parameter model, one epoch of each stage. generate.batch_size=16
+# makes the 12 harmful prompts one batch, so rank 1 has an empty share of them (more ranks than batches).
 OVERRIDES = [
-    "data.max_train_rows=32", "data.heldout_rows=8",
+    "data.max_train_rows=32", "data.heldout_rows=8", "data.eval_size=12",
     "model.tiny.vocab_size=512", "model.tiny.hidden_size=32", "model.tiny.num_heads=2", "model.tiny.ffn_dim=64",
     "model.tiny.max_positions=256",
     "pretrain.num_train_epochs=1", "pretrain.max_length=64", "pretrain.max_rows=64", "pretrain.logging_steps=1",
     "sft.num_train_epochs=1", "sft.max_length=64", "sft.per_device_train_batch_size=4", "sft.logging_steps=1",
     "dpo.num_train_epochs=1", "dpo.max_length=256", "dpo.per_device_train_batch_size=4", "dpo.logging_steps=1",
+    "rm.num_train_epochs=1", "generate.batch_size=16", "score.batch_size=4",
 ]
 
 SITECUSTOMIZE = r'''
-"""Test-only tracing (tests/test_distributed.py): which rank trained on which rows, and who renamed what."""
-import hashlib, importlib.abc, importlib.util, json, os, sys
+"""Test-only tracing (tests/test_distributed.py): which rank trained on which rows, who wrote what, and a kill."""
+import builtins, hashlib, importlib.abc, importlib.util, json, os, signal, sys
 
 _DIR = os.environ.get("HHALIGN_TEST_TRACE")
+_RUN = os.environ.get("HHALIGN_TEST_RUN", "")
+_KILL = os.environ.get("HHALIGN_TEST_KILL")  # "RANK:N": that rank SIGKILLs itself at its N-th generation batch
 
 
 def _log(kind, **record):
     name = f"{kind}-rank{os.environ.get('RANK', 'none')}-pid{os.getpid()}.jsonl"
-    with open(os.path.join(_DIR, name), "a", encoding="utf-8") as fh:
+    with _open(os.path.join(_DIR, name), "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
 
 
@@ -63,15 +73,32 @@ def _patch_trainer(module):
         for i in range(ids.shape[0]):
             row = ids[i][mask[i].bool()] if mask is not None else ids[i]
             rows.append(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest()[:16])
-        _log("steps", rank=self.args.process_index, world_size=self.args.world_size, rows=rows)
+        _log("steps", rank=self.args.process_index, world_size=self.args.world_size, rows=rows,
+             stage=os.path.basename(os.path.dirname(self.args.output_dir)))
         return original(self, model, inputs, *args, **kwargs)
 
     trainer_cls.training_step = training_step
 
 
-class _TrainerHook(importlib.abc.MetaPathFinder):
+def _patch_generation(module):
+    original, calls = module._generate_batch, [0]
+    rank, n = _KILL.split(":")
+
+    def generate_batch(*args, **kwargs):
+        calls[0] += 1
+        if os.environ.get("RANK") == rank and calls[0] == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+
+    module._generate_batch = generate_batch
+
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def __init__(self, patches):
+        self.patches = patches
+
     def find_spec(self, name, path, target=None):
-        if name != "transformers.trainer":
+        if name not in self.patches:
             return None
         sys.meta_path.remove(self)
         try:
@@ -84,21 +111,33 @@ class _TrainerHook(importlib.abc.MetaPathFinder):
 
         def exec_and_patch(module):
             exec_module(module)
-            _patch_trainer(module)
+            self.patches[name](module)
 
         spec.loader.exec_module = exec_and_patch
         return spec
 
 
+_open, _replace = builtins.open, os.replace
+
+
+def _traced_open(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") and _RUN \
+            and os.path.abspath(os.fsdecode(file)).startswith(_RUN):
+        _log("write", path=os.path.abspath(os.fsdecode(file)))
+    return _open(file, mode, *args, **kwargs)
+
+
+def _traced_replace(src, dst, *args, **kwargs):
+    _replace(src, dst, *args, **kwargs)
+    _log("replace", dst=os.path.abspath(os.fspath(dst)))
+
+
 if _DIR:
-    _replace = os.replace
-
-    def _traced_replace(src, dst, *args, **kwargs):
-        _replace(src, dst, *args, **kwargs)
-        _log("replace", dst=os.path.abspath(os.fspath(dst)))
-
-    os.replace = _traced_replace
-    sys.meta_path.insert(0, _TrainerHook())
+    builtins.open, os.replace = _traced_open, _traced_replace
+    patches = {"transformers.trainer": _patch_trainer}
+    if _KILL:
+        patches["hhalign.models.generation"] = _patch_generation
+    sys.meta_path.insert(0, _Hook(patches))
 '''
 
 
@@ -108,23 +147,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(tmp: Path, trace: Path) -> dict[str, str]:
+def _env(tmp: Path, trace: Path, run: Path, **extra: str) -> dict[str, str]:
     env = os.environ.copy()
     env.update(
         PYTHONPATH=os.pathsep.join(p for p in (str(tmp / "site"), env.get("PYTHONPATH", "")) if p),
-        HHALIGN_TEST_TRACE=str(trace),
+        HHALIGN_TEST_TRACE=str(trace), HHALIGN_TEST_RUN=str(run),
         CUDA_VISIBLE_DEVICES="",
-        OMP_NUM_THREADS="1",  # two ranks on a small shared machine: one thread each
+        OMP_NUM_THREADS="1",  # two ranks on a small shared machine: one thread each (and the one-process run alike)
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
+        **extra,
     )
     return env
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], env: dict[str, str], expect: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    ok = proc.returncode == 0 if expect == 0 else proc.returncode != 0
+    assert ok, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
@@ -135,9 +176,36 @@ def _records(trace: Path, kind: str) -> list[dict]:
     return out
 
 
+def _sets(out: Path) -> list[str]:
+    return [a for o in [f"output_dir={out}", *OVERRIDES] for a in ("--set", o)]
+
+
+class Setup:
+    def __init__(self, tmp: Path, accelerate: str) -> None:
+        self.tmp, self.accelerate = tmp, accelerate
+
+    def launch(self, name: str, out: Path, argv: list[str], expect: int = 0, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+        """`accelerate launch` two processes of `hhalign ...argv` (or of a script: argv[0] ending .py)."""
+        trace = self.tmp / "trace" / name
+        trace.mkdir(parents=True)
+        target = argv if argv[0].endswith(".py") else ["-m", "hhalign", *argv]
+        started = time.time()
+        proc = _run([self.accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                     *target], _env(self.tmp, trace, out, **env), expect)
+        print(f"2-process {name}: {time.time() - started:.1f} s")
+        return proc, trace
+
+    def one(self, out: Path, *stages: str) -> None:
+        """The stages in one process, one after another (one interpreter)."""
+        script = "import sys; from hhalign.cli import main; sys.exit(max(main([s, *sys.argv[1:]]) for s in %r))" % (stages,)
+        _run([sys.executable, "-c", script, "configs/tiny.yaml", "--data-dir", str(DATA), *_sets(out)],
+             _env(self.tmp, self.tmp / "trace", out))
+
+
 @pytest.fixture(scope="module")
-def run_setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A run folder with 01_data and 02_pretrain (single process), plus the tracing sitecustomize."""
+def launched(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny preset run end to end by two processes."""
     if not (DATA / "harmless-base").is_dir():
         pytest.skip(f"local HH-RLHF data not found at {DATA}")
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -148,75 +216,116 @@ def run_setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("distributed")
     (tmp / "site").mkdir()
     (tmp / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    trace = tmp / "trace"
-    trace.mkdir()
-    runs = tmp / "runs"
-    sets = [a for o in [f"output_dir={runs}", *OVERRIDES] for a in ("--set", o)]
-    env = _env(tmp, trace)
-    # one interpreter for both stages (saves an import of torch): data, then the tiny base model
-    script = ("import sys; from hhalign.cli import main; "
-              "sys.exit(main(['data', *sys.argv[1:]]) or main(['pretrain', *sys.argv[1:]]))")
-    _run([sys.executable, "-c", script, "configs/tiny.yaml", *sets], env)
-    return {"accelerate": str(accelerate), "trace": trace, "run": runs / "tiny", "sets": sets, "env": env}
+    setup = Setup(tmp, str(accelerate))
+    out = tmp / "two"
+    proc, trace = setup.launch("run", out, ["run", "configs/tiny.yaml", "--data-dir", str(DATA), *_sets(out)])
+    return {"setup": setup, "run": out / "tiny", "trace": trace, "proc": proc}
 
 
-def _launch_two(setup: dict, stage: str, name: str) -> tuple[dict[int, list[str]], list[dict], subprocess.CompletedProcess]:
-    """`accelerate launch` two processes of `hhalign STAGE`; per-rank trained rows and the file renames under the stage."""
-    trace = setup["trace"] / name
-    trace.mkdir()
-    env = {**setup["env"], "HHALIGN_TEST_TRACE": str(trace)}
-    started = time.time()
-    proc = _run([setup["accelerate"], "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-                 "-m", "hhalign", stage, "configs/tiny.yaml", *setup["sets"]], env)
-    print(f"2-process {stage}: {time.time() - started:.1f} s")
-    steps = _records(trace, "steps")
-    assert {r["world_size"] for r in steps} == {2}, f"ranks did not form one process group: {steps}"
+def _trained_rows(trace: Path, stage: str) -> dict[int, list[str]]:
+    steps = [r for r in _records(trace, "steps") if r["stage"] == stage_dir("", stage).name]
+    assert {r["world_size"] for r in steps} == {2}, f"{stage}: the ranks did not form one process group: {steps}"
     by_rank: dict[int, list[str]] = {}
     for r in steps:
         by_rank.setdefault(r["rank"], []).extend(r["rows"])
-    assert sorted(by_rank) == [0, 1], f"expected training steps on ranks 0 and 1, got {sorted(by_rank)}"
-    assert all(by_rank.values())
-    assert len(by_rank[0]) == len(by_rank[1])
-    return by_rank, _records(trace, "replace"), proc
+    assert sorted(by_rank) == [0, 1] and len(by_rank[0]) == len(by_rank[1]), f"{stage}: steps per rank {by_rank.keys()}"
+    return by_rank
 
 
-def _check_written_once_by_rank0(stage_dir: Path, replaces: list[dict], expected: list[str]) -> None:
-    """The stage folder holds exactly `expected` (no temporary dirs, no checkpoints), each renamed into place once,
-    by rank 0 only."""
-    assert sorted(p.name for p in stage_dir.iterdir()) == sorted(expected), \
-        f"unexpected entries (temporary dirs? checkpoints?) in {stage_dir}: {sorted(p.name for p in stage_dir.iterdir())}"
-    writes = [r for r in replaces if Path(r["dst"]).is_relative_to(stage_dir)]
-    writers = {r["file"].split("-")[1] for r in writes}  # files are named {kind}-rank{RANK}-pid{pid}.jsonl
-    assert writers == {"rank0"}, f"artifacts renamed into place by {writers}: {writes}"
-    targets = [Path(r["dst"]).relative_to(stage_dir).as_posix() for r in writes]
-    for name in expected:
-        assert targets.count(name) == 1, f"{name} renamed into place {targets.count(name)} times: {targets}"
-    assert targets[-1] == "manifest.json", f"the manifest is not written last: {targets}"
-
-
-def test_sft_two_cpu_processes(run_setup: dict) -> None:
-    by_rank, replaces, proc = _launch_two(run_setup, "sft", "sft")
-    train_pairs = len((stage_dir(run_setup["run"], "data") / "prefs.jsonl").read_text().splitlines())
+def test_two_processes_run_the_study_end_to_end(launched: dict) -> None:
+    run, out = launched["run"], launched["proc"].stdout
+    for st in STAGES:
+        if st.name != "convert":  # the tiny preset converts nothing
+            assert (run / st.folder / MANIFEST).is_file(), f"{st.name} not finished:\n{out[-3000:]}"
+    assert "2 processes; training, generate and score use all of them" in out
+    assert out.count("[7/10] generate: done") == 1, "only rank 0 speaks"
+    assert (stage_dir(run, "report") / "report.html").is_file()
+    # sft: one epoch over two ranks trains each pair once, each on one rank
+    by_rank = _trained_rows(launched["trace"], "sft")
+    train_pairs = len((stage_dir(run, "data") / "prefs.jsonl").read_text().splitlines())
     assert not set(by_rank[0]) & set(by_rank[1]), "both ranks trained on the same rows"
-    assert len(by_rank[0]) + len(by_rank[1]) == train_pairs, "one epoch over 2 ranks covers each training row once"
-    stage = stage_dir(run_setup["run"], "sft")
-    assert (stage / "model" / "config.json").is_file(), proc.stderr[-3000:]
-    _check_written_once_by_rank0(stage, replaces, ["manifest.json", "model", "train_report.json"])
-    assert json.loads((stage / "train_report.json").read_text())["train_pairs"] == train_pairs
-    assert json.loads((stage / "manifest.json").read_text())["stage"] == "sft"
-
-
-def test_dpo_two_cpu_processes(run_setup: dict) -> None:
-    by_rank, replaces, proc = _launch_two(run_setup, "dpo", "dpo")
-    # rows are chosen and rejected sequences. TRL drops pairs whose prompt fills max_length, so the pair count may
+    assert len(by_rank[0]) + len(by_rank[1]) == train_pairs
+    # dpo rows are chosen and rejected sequences. TRL drops pairs whose prompt fills max_length, so the pair count may
     # not split evenly over 2 ranks x 4 pairs: accelerate then repeats up to one batch (4 pairs = 8 rows) from the
     # start of the epoch to even the last batch, and only that much may be shared between the ranks.
-    shared = set(by_rank[0]) & set(by_rank[1])
-    assert len(shared) <= 8, f"both ranks trained on the same {len(shared)} rows"
-    assert len(set(by_rank[0]) | set(by_rank[1])) >= len(by_rank[0]) + len(by_rank[1]) - 8
-    stage = stage_dir(run_setup["run"], "dpo")
-    assert (stage / "model" / "config.json").is_file(), proc.stderr[-3000:]
-    assert (stage / "adapter" / "adapter_config.json").is_file()
-    _check_written_once_by_rank0(stage, replaces, ["adapter", "manifest.json", "model", "train_report.json"])
-    assert json.loads((stage / "manifest.json").read_text())["stage"] == "dpo"
+    for stage in ("dpo", "sft_dpo", "rm"):
+        by_rank = _trained_rows(launched["trace"], stage)
+        assert len(set(by_rank[0]) & set(by_rank[1])) <= 8, f"{stage}: both ranks trained on the same rows"
+    _trained_rows(launched["trace"], "pretrain")  # texts cut to 64 tokens: different dialogues may start alike
+
+
+def test_only_rank_0_writes_artifacts(launched: dict) -> None:
+    run = launched["run"].resolve()
+    writes = [{**r, "path": r.get("path") or r["dst"]} for r in _records(launched["trace"], "write") + _records(launched["trace"], "replace")]
+    writes = [r for r in writes if Path(r["path"]).is_relative_to(run)]
+    assert any(r["file"].startswith(("write-rank0", "replace-rank0")) for r in writes)
+    # Trainer checkpoints keep each rank's random-number state (rng_state_{rank}.pth) so that training resumes
+    # exactly; they are transient (deleted when the stage finishes) and the only files another rank writes
+    others = [r["path"] for r in writes if "-rank0-" not in r["file"] and "checkpoints" not in Path(r["path"]).parts]
+    assert not others, f"written by ranks other than 0: {others}"
+    for st in STAGES:
+        d = run / st.folder
+        if d.is_dir():
+            left = [p.name for p in d.iterdir() if ".tmp" in p.name or p.name in ("checkpoints", ".started.json")]
+            assert not left, f"{st.name}: left behind {left}"
+            manifest = json.loads((d / MANIFEST).read_text())
+            assert all((d / o).exists() for o in manifest["outputs"])
+    replaced = [Path(r["dst"]).relative_to(run).as_posix() for r in _records(launched["trace"], "replace")
+                if Path(r["dst"]).is_relative_to(run / stage_dir("", "sft").name)]
+    assert replaced.count("03_sft/model") == 1 and replaced[-1] == "03_sft/manifest.json", replaced
+
+
+def test_responses_and_ratings_equal_one_process(launched: dict) -> None:
+    """generate and score dealt whole batches to two ranks: the same bytes as one process on the same models."""
+    one = launched["setup"].tmp / "one"
+    shutil.copytree(launched["run"], one / "tiny", symlinks=True)
+    for stage in ("generate", "score", "metrics", "report"):
+        shutil.rmtree(stage_dir(one / "tiny", stage))
+    launched["setup"].one(one, "generate", "score")
+    for stage in ("generate", "score"):
+        two_dir, one_dir = stage_dir(launched["run"], stage), stage_dir(one / "tiny", stage)
+        names = sorted(p.name for p in two_dir.glob("*.json") if p.name != MANIFEST)
+        assert names == sorted(p.name for p in one_dir.glob("*.json") if p.name != MANIFEST)
+        assert len(names) >= 8
+        different = [n for n in names if not filecmp.cmp(two_dir / n, one_dir / n, shallow=False)]
+        assert not different, f"{stage}: two processes wrote different {different}"
+    rows = json.loads((stage_dir(launched["run"], "score") / "sft_harmful.json").read_text())
+    assert len(rows) == 12 and all("rating" in r for r in rows)
+
+
+def test_a_killed_rank_stops_the_launch_and_the_run_resumes(launched: dict) -> None:
+    setup = launched["setup"]
+    out = setup.tmp / "killed"
+    shutil.copytree(launched["run"], out / "tiny", symlinks=True)
+    for stage in ("generate", "score", "metrics", "report"):
+        shutil.rmtree(stage_dir(out / "tiny", stage))
+    argv = ["run", "configs/tiny.yaml", "--data-dir", str(DATA), *_sets(out)]
+    # rank 1 dies at its 3rd generation batch: rank 0 has written a response file or two by then
+    proc, _ = setup.launch("killed", out, argv, expect=1, HHALIGN_TEST_KILL="1:3")
+    assert "rank      : 1" in proc.stderr and "Signal 9 (SIGKILL)" in proc.stderr, proc.stderr[-3000:]
+    gen = stage_dir(out / "tiny", "generate")
+    assert not (gen / MANIFEST).exists(), "a stage was marked finished"
+    assert not (stage_dir(out / "tiny", "score")).exists()
+    written = sorted(p.name for p in gen.glob("*_*.json"))
+    assert all(".tmp" not in p.name for p in gen.iterdir())
+    for name in written:  # what is there is whole: the same as the finished run's
+        assert filecmp.cmp(gen / name, stage_dir(launched["run"], "generate") / name, shallow=False), name
+    proc, _ = setup.launch("resumed", out, argv)
+    assert "generate  resume (interrupted earlier)" in proc.stdout
+    assert f"{len(written)} kept from before" in proc.stdout if written else True
+    for stage in ("generate", "score"):
+        d = stage_dir(out / "tiny", stage)
+        for p in sorted(stage_dir(launched["run"], stage).glob("*_*.json")):
+            assert filecmp.cmp(p, d / p.name, shallow=False), f"{stage}/{p.name} differs after resuming"
+
+
+def test_ranks_that_disagree_on_the_config_stop_before_any_work(launched: dict) -> None:
+    setup = launched["setup"]
+    out = setup.tmp / "disagree"
+    script = setup.tmp / "per_rank_seed.py"
+    script.write_text("import os, sys\nfrom hhalign.cli import main\n"
+                      "sys.exit(main(['run', *sys.argv[1:], '--set', f\"seed={42 + int(os.environ['RANK'])}\"]))\n")
+    proc, _ = setup.launch("disagree", out, [str(script), "configs/tiny.yaml", "--data-dir", str(DATA), *_sets(out)], expect=1)
+    assert "hhalign run: rank 1 has config hash" in proc.stderr, proc.stderr[-3000:]
+    assert "start every process of the launch with the same config" in proc.stderr
+    assert not out.exists(), "a folder was created before the ranks agreed"

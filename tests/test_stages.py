@@ -211,9 +211,13 @@ def test_an_interrupted_stage_with_other_inputs_starts_over(own_data: Path, tmp_
     pipeline.run_stage("data", cfg, cfg.run_dir)
     started = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))
     (started.dir / "partial.bin").write_bytes(b"x")
+    # what writes killed halfway leave (artifacts.atomic_write_bytes, atomic_dir, save_model_atomically)
+    (started.dir / ".sft_helpful.json.tmp-4242").write_text('[{"prompt": "cut')
+    (started.dir / ".model.tmp").mkdir()
     assert _plan(cfg)["pretrain"].action == "resume"
     again = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))
     assert again.resumed and (again.dir / "partial.bin").exists()
+    assert sorted(p.name for p in again.dir.iterdir()) == [".started.json", "partial.bin"], "temporary files are dropped"
     (table.stage_dir(cfg.run_dir, "data") / "prefs.jsonl").write_text("")  # the input moved under it
     assert _plan(cfg)["pretrain"].reason.startswith("interrupted earlier with other settings or inputs")
     fresh = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))

@@ -183,6 +183,8 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
     run_dir = cfg.run_dir
     parallel.agree({"config hash": cfg.hash(), "run folder": str(run_dir.resolve()), "seeds": str(seeds)}, "hhalign run")
     validate(cfg, run_dir)  # before any folder is touched
+    if hint := parallel.idle_gpus_hint():
+        log.info(hint)
     if dry_run:
         for sub_cfg, sub_dir, header in _per_seed(cfg, run_dir, seeds):
             print_plan(plan(sub_cfg, sub_dir, ("data",) if seeds else ()), sub_dir, header)
@@ -193,8 +195,6 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
     parallel.check_shared(run_dir, "hhalign run")
     with logs.to_file(run_dir / "run.log") if parallel.is_main() else nullcontext():
         log.info(f"hhalign run: {run_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-        if hint := parallel.idle_gpus_hint():
-            log.info(hint)
         if parallel.size() > 1:
             log.info(f"hhalign run: {parallel.size()} processes; training, generate and score use all of them, the other "
                      "stages run on rank 0")
