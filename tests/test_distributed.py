@@ -319,13 +319,26 @@ def test_a_killed_rank_stops_the_launch_and_the_run_resumes(launched: dict) -> N
             assert filecmp.cmp(p, d / p.name, shallow=False), f"{stage}/{p.name} differs after resuming"
 
 
-def test_ranks_that_disagree_on_the_config_stop_before_any_work(launched: dict) -> None:
+def test_two_machines_that_disagree_on_the_config_stop_before_any_work(launched: dict) -> None:
+    """examples/accelerate/multi_node.yaml as two machines on this one (one process each); the second was started
+    with another seed. Both stop, naming the difference, before anything is written."""
     setup = launched["setup"]
     out = setup.tmp / "disagree"
-    script = setup.tmp / "per_rank_seed.py"
-    script.write_text("import os, sys\nfrom hhalign.cli import main\n"
-                      "sys.exit(main(['run', *sys.argv[1:], '--set', f\"seed={42 + int(os.environ['RANK'])}\"]))\n")
-    proc, _ = setup.launch("disagree", out, [str(script), "configs/tiny.yaml", "--data-dir", str(DATA), *_sets(out)], expect=1)
-    assert "hhalign run: rank 1 has config hash" in proc.stderr, proc.stderr[-3000:]
-    assert "start every process of the launch with the same config" in proc.stderr
+    trace = setup.tmp / "trace" / "disagree"
+    trace.mkdir(parents=True)
+    port = str(_free_port())
+    procs = []
+    for machine in (0, 1):
+        seed = ["--set", f"seed={42 + machine}"]
+        cmd = [setup.accelerate, "launch", "--config_file", "examples/accelerate/multi_node.yaml", "--num_machines", "2",
+               "--num_processes", "2", "--machine_rank", str(machine), "--main_process_ip", "127.0.0.1",
+               "--main_process_port", port, "-m", "hhalign", "run", "configs/tiny.yaml", "--data-dir", str(DATA),
+               *_sets(out), *seed]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(setup.tmp, trace, out), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode != 0 for p in procs), results
+    first, second = results[0][1], results[1][1]
+    assert "hhalign run: error: rank 1 has config hash" in first, first[-3000:]
+    assert "start every process of the launch with the same config" in second, second[-3000:]
     assert not out.exists(), "a folder was created before the ranks agreed"

@@ -41,7 +41,7 @@ from hhalign.config.schema import (
 )
 from hhalign.data.prompts import write_prompt_sets
 from hhalign.engine.folder import RunFolder
-from hhalign.engine.table import STAGES, get, stage_dir
+from hhalign.engine.table import BY_NAME, STAGES, get, stage_dir
 from hhalign.engine.work import Input
 from hhalign.stats.rates import format_table
 
@@ -367,6 +367,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if parallel.launched() and args.command not in ("run", *BY_NAME):
+        raise errors.UserError(f"hhalign {args.command} runs as one process: start it without accelerate launch "
+                               "(under a launch: hhalign run and the stage commands)")
     if args.command == "run":
         return _run(args)
     if args.command == "sweep":

@@ -84,10 +84,37 @@ def idle_gpus_hint() -> str | None:
             f"`accelerate launch --num_processes {n} -m hhalign run CONFIG` (docs/gpu.md)")
 
 
-def deal(batches: list[T]) -> list[T]:
-    """This rank's share of ``batches``: every size()-th one, from its rank on (batches come longest first, so
-    every rank gets long and short ones)."""
-    return batches[rank() :: size()]
+def sharding_note() -> str | None:
+    """What an FSDP or DeepSpeed accelerate config becomes on CPU processes, in one line (None: what it says)."""
+    import torch
+
+    asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(var, "").lower() == "true"]
+    if not asked or torch.cuda.is_available():
+        return None
+    # Accelerate 1.16 turns a launch into FSDP or DeepSpeed only on accelerators: on CPU processes (MULTI_CPU,
+    # gloo) the Trainer wraps the model in DDP whatever the config says
+    return (f"the accelerate config asks for {asked[0]}, which Accelerate runs on GPUs only: these CPU processes train "
+            "with plain data parallelism (DDP: every process holds the whole model and its optimizer state)")
+
+
+def deal(batches: list[T], costs: list[float] | None = None) -> list[T]:
+    """This rank's share of ``batches`` (longest first, as ``length_batches`` forms them). With ``costs``, each
+    batch in turn goes to the rank with the least work so far (ties to the lower rank): the longest-processing-
+    time rule, which evens out batches of unequal size; without, every size()-th batch from the rank's own on.
+    Every rank computes the same deal from the same lengths, so no message is needed."""
+    n, me = size(), rank()
+    if n == 1:
+        return list(batches)
+    if costs is None:
+        return batches[me::n]
+    load, mine = [0.0] * n, []
+    for batch, cost in zip(batches, costs):
+        k = min(range(n), key=lambda j: (load[j], j))
+        load[k] += cost
+        if k == me:
+            mine.append(batch)
+    return mine
 
 
 def gather(rows: list[tuple[int, T]], n: int, what: str = "") -> list[T]:
@@ -120,7 +147,7 @@ def agree(values: dict[str, str], what: str) -> None:
         for key, value in values.items():
             if theirs.get(key) != every[0].get(key):
                 raise LaunchError(
-                    f"{what}: rank {r} has {key} {theirs.get(key)!r} but rank 0 has {every[0].get(key)!r}: start every "
+                    f"{what + ': ' if what else ''}rank {r} has {key} {theirs.get(key)!r} but rank 0 has {every[0].get(key)!r}: start every "
                     "process of the launch with the same config, --set options and output_dir (a folder every machine "
                     "shares, at the same path)")
 
@@ -145,7 +172,7 @@ def check_shared(folder: os.PathLike[str] | str, what: str) -> None:
         Path(token[0]).unlink(missing_ok=True)
     blind = [r for r, s in enumerate(seen) if not s]
     if blind:
-        raise LaunchError(f"{what}: rank {blind[0]} does not see the files rank 0 writes in {folder}: output_dir must be a "
+        raise LaunchError(f"{what + ': ' if what else ''}rank {blind[0]} does not see the files rank 0 writes in {folder}: output_dir must be a "
                           "folder every machine of the launch shares, at the same path")
 
 

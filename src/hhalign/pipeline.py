@@ -181,7 +181,7 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
     """Every stage the config needs. Under ``accelerate launch`` every process runs this: they check they agree on
     the config and the run folder, plan alike, and each stage runs on every rank or on rank 0 alone (``run_stage``)."""
     run_dir = cfg.run_dir
-    parallel.agree({"config hash": cfg.hash(), "run folder": str(run_dir.resolve()), "seeds": str(seeds)}, "hhalign run")
+    parallel.agree({"config hash": cfg.hash(), "run folder": str(run_dir.resolve()), "seeds": str(seeds)}, "")
     validate(cfg, run_dir)  # before any folder is touched
     if hint := parallel.idle_gpus_hint():
         log.info(hint)
@@ -192,7 +192,7 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
     if parallel.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
     parallel.barrier("hhalign run")
-    parallel.check_shared(run_dir, "hhalign run")
+    parallel.check_shared(run_dir, "")
     with logs.to_file(run_dir / "run.log") if parallel.is_main() else nullcontext():
         log.info(f"hhalign run: {run_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
         if parallel.size() > 1:

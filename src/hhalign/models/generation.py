@@ -138,7 +138,9 @@ def generate_responses(
     encoded, dropped = zip(*(_encode(tok, model_text(p, cfg.protocol, tok), model, cfg.max_new_tokens, special) for p in prompts))
     # under a launch of several processes each rank answers whole batches of the ones a single process forms
     # (hhalign.parallel.deal), so every row is computed exactly as one process computes it
-    mine = parallel.deal(length_batches([len(ids) for ids in encoded], cfg.batch_size))
+    batches = length_batches([len(ids) for ids in encoded], cfg.batch_size)
+    # a batch's work: its rows times its longest prompt plus the tokens it may add
+    mine = parallel.deal(batches, [len(b) * (len(encoded[b[0]]) + cfg.max_new_tokens) for b in batches])
     rows: list[tuple[int, dict[str, Any]]] = []
     bar = tqdm(total=sum(map(len, mine)), desc=desc or f"generate ({cfg.protocol})", unit="prompt",
                disable=not progress or not parallel.is_main())
@@ -335,7 +337,8 @@ def answer_file(model_path: str | Path, prompts_path: str | Path, out_path: str 
     dev = pick_device(cfg.device)
     model, tok = load_causal_lm(str(model_path), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
     rows = generate_responses(model, tok, prompts, cfg, device=dev)
-    write_json(out_path, rows)
+    if parallel.is_main():  # under a launch every rank has every row (parallel.gather)
+        write_json(out_path, rows)
     cut = sum(r["n_prompt_dropped"] > 0 for r in rows)
     if cut:
         log.info(f"generate: {cut} of {len(rows)} prompts cut to fit the model's positions (oldest tokens dropped)")

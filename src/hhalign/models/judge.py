@@ -81,7 +81,10 @@ def score_pairs(
     # Each pair tokenized alone, as the study did (truncation=True: the tokenizer's model_max_length).
     encoded = [tok(p, r, truncation=True) for p, r in zip(prompts, responses)]
     # under a launch each rank rates whole batches of the ones a single process forms (hhalign.parallel.deal)
-    mine = parallel.deal(length_batches([len(e["input_ids"]) for e in encoded], batch_size, pass_overhead(device)))
+    lengths = [len(e["input_ids"]) for e in encoded]
+    batches = length_batches(lengths, batch_size, pass_overhead(device))
+    # a batch's work, as length_batches counts it: one pass plus its rows times its longest (finite on a GPU too)
+    mine = parallel.deal(batches, [min(pass_overhead(device), 1e6) + len(b) * max(lengths[i] for i in b) for b in batches])
     scores: list[tuple[int, float]] = []
     bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="pair", disable=not progress or not parallel.is_main())
     with torch.inference_mode(), bar:

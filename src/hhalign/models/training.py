@@ -8,6 +8,7 @@ only the main one touches the folder.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -30,6 +31,7 @@ from hhalign.engine.work import Input, StageRun, begin, model_input
 from hhalign.errors import TrainingError
 from hhalign.models.loading import fast_bf16
 
+log = logging.getLogger(__name__)
 TESTED_TRL = ("1.16", "1.17")  # [low, high): the versions whose config fields and losses hhalign checks
 
 
@@ -60,6 +62,8 @@ def begin_training(name: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Inpu
     """``hhalign.engine.work.begin`` on every rank of a launch (rank 0 prepares the folder, the others wait for it)."""
     check_trl_version()
     parallel.state()  # join the launch's process group (gloo on CPU-only machines) before the Trainer does
+    if parallel.is_main() and (note := parallel.sharding_note()):
+        log.warning(f"{name}: {note}")
     return begin(name, cfg, run_dir, ins, resume=resume)
 
 
