@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhalign import parallel
+from hhalign import parallel, usage
 from hhalign.artifacts import (
     git_commit,
     read_json,
@@ -183,6 +183,7 @@ class StageRun:
     resumed: bool
     main: bool = True
     started: float = field(default_factory=time.time)
+    cost: dict[str, Any] = field(default_factory=usage.snapshot)  # what the process had spent when the stage began
 
     def finish(self, outputs: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write manifest.json, last: settings, inputs with hashes, outputs, versions, timings. Raises
@@ -205,6 +206,7 @@ class StageRun:
             "git_commit": git_commit(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": round(time.time() - self.started, 3),
+            "usage": usage.since(self.cost),  # this process's CPU seconds, page faults and peak memory in the stage
             **(extra or {}),
         }
         if self.main:
@@ -215,12 +217,13 @@ class StageRun:
 
 
 def begin(name: str, cfg: RunConfig, run_dir: str | Path, ins: dict[str, Input], *, resume: bool = True,
-          started: float | None = None) -> StageRun:
+          started: float | None = None, cost: dict[str, Any] | None = None) -> StageRun:
     """Key the stage by its settings and the content of ``ins`` (its module's ``inputs``, or what replaces them:
     ``hhalign dpo --from PATH``), and prepare its folder: kept when ``resume`` and ``decide`` says resume (less the
     temporary files an interrupted write left), else cleared. Under several processes (``hhalign.parallel``) every
     rank keys the stage, they check they agree, and only rank 0 touches the folder while the others wait.
-    ``started``: when the stage began (default: now), for its wall time."""
+    ``started``, ``cost``: when the stage began and ``usage.snapshot()`` then (default: now), for its wall time and
+    what it cost the process."""
     stage, run_dir = get(name), Path(run_dir)
     _check_upstream(stage, ins)
     decision = decide(stage, cfg, run_dir, ins)
@@ -237,7 +240,7 @@ def begin(name: str, cfg: RunConfig, run_dir: str | Path, ins: dict[str, Input],
         write_json(d / STARTED, {"key": decision.key, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     parallel.barrier(f"stage '{name}'")
     return StageRun(stage, d, decision.key, decision.settings, ins, decision.hashes, resumed=keep, main=parallel.is_main(),
-                    started=started or time.time())
+                    started=started or time.time(), cost=cost or usage.snapshot())
 
 
 def _clear(d: Path) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hhalign import usage
 from hhalign.artifacts import write_json, write_jsonl
 from hhalign.config.schema import PROMPT_SETS, TINY, DataSection, RunConfig
 from hhalign.data.formats import Renderer, RowError
@@ -208,11 +209,11 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """Write 01_data/ (prefs.jsonl, heldout.jsonl, prompts/, data_report.json) and its manifest. The SFT stage
     trains on the chosen side of prefs.jsonl."""
-    started = time.time()
+    started, cost = time.time(), usage.snapshot()
     ins = inputs(cfg, run_dir)
     model = ins.get("model")
     report, pairs, prompt_sets = prepare(cfg, model.ref if model else None)  # a data problem fails here, before the folder is touched
-    work = begin("data", cfg, run_dir, ins, resume=False, started=started)
+    work = begin("data", cfg, run_dir, ins, resume=False, started=started, cost=cost)
     write_jsonl(work.dir / "prefs.jsonl", (p.to_json() for p in pairs["train"]))
     write_jsonl(work.dir / "heldout.jsonl", (p.to_json() for p in pairs["heldout"]))
     for name, prompts in prompt_sets.items():

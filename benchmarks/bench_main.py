@@ -1,0 +1,117 @@
+"""Benchmark: the main job as a user runs it, one table of what each stage cost.
+
+    python benchmarks/bench_main.py                                  # hhalign run smol, in a fresh folder
+    python benchmarks/bench_main.py --config tiny --set data.max_train_rows=64
+    python benchmarks/bench_main.py --folder runs/smol               # the table of a finished run, nothing re-run
+
+It runs ``hhalign run CONFIG --data-dir DATA --set output_dir=TMP`` as one child process (what the README's
+command does), then reads each stage's manifest: wall time, the training loop's own time (the Trainer's
+train_runtime) and tokens per second where the stage counts tokens (SFT: the tokens it trained on; generate:
+the new tokens), and the stage's CPU seconds (user, system), page faults and peak memory (``hhalign.usage``,
+recorded in every manifest). The last row is the whole process as the kernel counted it (``os.wait4``),
+imports and planning included. State the CPU with every figure: the script prints it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "hh-rlhf"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="smol", help="a preset name or a config file (default: smol, the main job)")
+    p.add_argument("--data-dir", type=Path, default=DATA, help="local HH-RLHF folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as hhalign's")
+    p.add_argument("--out", type=Path, default=None, help="run folder parent (default: a temporary folder, removed)")
+    p.add_argument("--folder", type=Path, default=None, help="print the table of this finished run folder only")
+    p.add_argument("--json", type=Path, default=None, help="also write the table here")
+    return p.parse_args(argv)
+
+
+def cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name"))
+        flags = next(ln for ln in info.splitlines() if ln.startswith("flags")).split()
+        isa = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    except (OSError, StopIteration):
+        model, isa = platform.processor() or "unknown CPU", "?"
+    return f"{model}, {os.cpu_count()} cores, {isa}"
+
+
+def stage_rows(run: Path) -> list[dict]:
+    from hhalign.engine.table import MANIFEST, STAGES
+
+    rows = []
+    for st in STAGES:
+        d = run / st.folder
+        if not (d / MANIFEST).is_file():
+            continue
+        m = json.loads((d / MANIFEST).read_text())
+        row = {"stage": st.name, "wall_s": m.get("wall_seconds"), **m.get("usage", {})}
+        report = d / "train_report.json"
+        if report.is_file():
+            logs = json.loads(report.read_text()).get("log_history", [])
+            final = next((h for h in reversed(logs) if "train_runtime" in h), {})
+            row["train_s"] = final.get("train_runtime")
+            tokens = max((h.get("num_tokens", 0) for h in logs), default=0)
+            if tokens and row["train_s"]:
+                row["tokens_per_s"] = tokens / row["train_s"]
+        if st.name == "generate":
+            new = sum(e["n_new_tokens"] for f in d.glob("*_*.json") if f.name != MANIFEST for e in json.loads(f.read_text()))
+            row["tokens_per_s"] = new / m["wall_seconds"] if m.get("wall_seconds") else None
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("stage", "stage", "{}"), ("wall_s", "wall s", "{:.0f}"), ("train_s", "train s", "{:.0f}"),
+            ("tokens_per_s", "tokens/s", "{:.0f}"), ("peak_rss_gb", "peak GB", "{:.2f}"), ("user_s", "user s", "{:.0f}"),
+            ("system_s", "system s", "{:.0f}"), ("minor_faults", "minor faults", "{:,}"), ("major_faults", "major faults", "{:,}")]
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f.format(r[k]) if r.get(k) is not None else "" for k, _, f in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(f"machine: {cpu()}; python {platform.python_version()}")
+    if args.folder:
+        print(table(stage_rows(args.folder)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        cmd = [sys.executable, "-m", "hhalign", "run", args.config, "--data-dir", str(args.data_dir),
+               "--set", f"output_dir={out}", *[a for s in args.set for a in ("--set", s)]]
+        print("running:", " ".join(cmd[1:]))
+        started = time.time()
+        proc = subprocess.Popen(cmd, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.time() - started
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit(f"hhalign run failed (exit {os.waitstatus_to_exitcode(status)})")
+        run = next(p for p in out.iterdir() if p.is_dir() and (p / "run.json").is_file())
+        rows = stage_rows(run)
+        # the kernel's ru_maxrss follows the high-water mark that hhalign.usage resets at each stage: take the stages' peaks too
+        peak = max([usage.ru_maxrss / 2**20, *(r.get("peak_rss_gb") or 0 for r in rows)])
+        rows.append({"stage": "whole process", "wall_s": wall, "peak_rss_gb": peak, "user_s": usage.ru_utime,
+                     "system_s": usage.ru_stime, "minor_faults": usage.ru_minflt, "major_faults": usage.ru_majflt})
+        print(table(rows))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": cpu(), "config": args.config, "set": args.set, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
