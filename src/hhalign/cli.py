@@ -43,6 +43,7 @@ from hhalign.data.prompts import write_prompt_sets
 from hhalign.engine.folder import RunFolder
 from hhalign.engine.table import BY_NAME, STAGES, get, stage_dir
 from hhalign.engine.work import Input
+from hhalign.memory import tune_allocator
 from hhalign.stats.rates import format_table
 
 log = logging.getLogger("hhalign.cli")
@@ -394,6 +395,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
+    tune_allocator()  # before torch allocates anything (hhalign.memory: why)
     logs.console()
     if parallel.launched() and os.environ.get("RANK", "0") != "0":
         # one process of a launch speaks, rank 0; the others say only why they failed, and draw no progress bars

@@ -275,7 +275,7 @@ class Renderer:
             return self.load_tokenizer(self.model)
         except (UserError, OSError, ValueError) as e:  # ModelLoadError, or what a broken tokenizer folder raises
             raise DataError(f"data.render={self.setting} needs the tokenizer of model.name_or_path '{self.model}' to "
-                            f"render conversational rows: {e}. Set data.render: hh to use the Human/Assistant dialogue "
+                            f"render conversational rows: {str(e).rstrip('.')}. Set data.render: hh to use the Human/Assistant dialogue "
                             "without the model.") from e
 
     def render(self, conv: Conversation) -> tuple[str, str, str]:
