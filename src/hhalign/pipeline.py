@@ -191,8 +191,7 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
         return 0
     if parallel.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-    parallel.barrier("hhalign run")
-    parallel.check_shared(run_dir, "")
+    parallel.check_shared(run_dir, "")  # the others wait there for rank 0 to have made the folder
     with logs.to_file(run_dir / "run.log") if parallel.is_main() else nullcontext():
         log.info(f"hhalign run: {run_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
         if parallel.size() > 1:

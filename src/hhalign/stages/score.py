@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from hhalign import parallel
-from hhalign.artifacts import read_jsonl, write_json
+from hhalign.artifacts import atomic_write_bytes, read_jsonl, write_json
 from hhalign.config.schema import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
 from hhalign.data.responses import (
     discover,
@@ -83,8 +82,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     parallel.barrier("score")  # every rank of a launch knows what is left before rank 0 copies
     if work.main:
         for out in todo:
-            shutil.copyfile(work.inputs[f"responses/{out.name}"].ref, work.dir / f".{out.name}.tmp")
-            os.replace(work.dir / f".{out.name}.tmp", out)
+            atomic_write_bytes(out, Path(work.inputs[f"responses/{out.name}"].ref).read_bytes())
     parallel.barrier("score")  # ... and reads the copies after rank 0 made them
     rm = work.inputs["reward_model"].ref
     loaded = load_judge(rm, cfg.score)
