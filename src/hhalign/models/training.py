@@ -8,6 +8,7 @@ only the main one touches the folder.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -56,6 +57,17 @@ def load_rows(work: StageRun, name: str, section: TrainSection | None = None) ->
     if name == "prefs" and not rows:
         raise TrainingError(f"{work.inputs[name].ref} has no usable rows: check data_report.json for why rows were skipped")
     return rows[: section.heldout_pairs] if section is not None and name == "heldout" else rows
+
+
+def rows_reached(rows: list[dict[str, Any]], section: TrainSection) -> list[dict[str, Any]]:
+    """The training rows that ``max_steps`` reaches (max_steps x batch x accumulation x processes; the trainer's
+    sampler shuffles within them), so nothing is tokenized or measured for rows no step would see; all rows when
+    max_steps is unset. The data stage has already shuffled them."""
+    steps = section.args.get("max_steps", -1) or -1
+    if steps <= 0:
+        return rows
+    per_step = section.args.get("per_device_train_batch_size", 8) * section.args.get("gradient_accumulation_steps", 1)
+    return rows[: steps * per_step * parallel.size()]
 
 
 def begin_training(name: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> StageRun:
@@ -183,37 +195,55 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; a PEFT wrapper passes it on)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 @torch.inference_mode()
-def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], batch_size: int = 8) -> list[tuple[float, int]]:
-    """(sum of log p(response tokens | prompt), number of response tokens) for each pair, right-padded batches."""
+def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], batch_size: int = 8,
+                   bf16: bool = False) -> list[tuple[float, int]]:
+    """(sum of log p(response tokens | prompt), number of response tokens) for each pair, right-padded batches;
+    ``bf16``: under bfloat16 autocast, as the trainer computed (its ``args.bf16``), the log-softmax in float32.
+
+    Pairs are batched by prompt length (then put back in order) and the model computes vocabulary logits only
+    from the batch's first response position on (``logits_to_keep``): the prompt's positions need none, and the
+    output layer and its log-softmax are a fifth of a small model's forward pass, more over a long prompt.
+    """
     device = next(model.parameters()).device
-    out: list[tuple[float, int]] = []
     max_len = getattr(model.config, "max_position_embeddings", 2048)
-    for batch in _batches(list(zip(prompts, responses)), batch_size):
-        ids, masks = [], []
-        for prompt, response in batch:
-            full = tok(prompt + response, verbose=False)["input_ids"]  # over-long pairs are cut below: no warning
-            n_prompt = len(tok(prompt, verbose=False)["input_ids"])
-            drop = max(0, len(full) - max_len)  # over-long pairs lose their oldest tokens, never the response
-            full, n_prompt = full[drop:], max(1, n_prompt - drop)
-            ids.append(full)
-            masks.append([0] * n_prompt + [1] * (len(full) - n_prompt))
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(ids), width), dtype=torch.long)
-        lmask = torch.zeros((len(ids), width), dtype=torch.bool)
-        for i, (x, m) in enumerate(zip(ids, masks)):
+    rows = []
+    for prompt, response in zip(prompts, responses):
+        full = tok(prompt + response, verbose=False)["input_ids"]  # over-long pairs are cut below: no warning
+        n_prompt = len(tok(prompt, verbose=False)["input_ids"])
+        drop = max(0, len(full) - max_len)  # over-long pairs lose their oldest tokens, never the response
+        rows.append((full[drop:], max(1, n_prompt - drop)))
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][1], len(rows[i][0])))
+    keep = _keeps_logits(model)
+    out: dict[int, tuple[float, int]] = {}
+    for idx in _batches(order, batch_size):
+        batch = [rows[i] for i in idx]
+        width = max(len(x) for x, _ in batch)
+        input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        lmask = torch.zeros((len(batch), width), dtype=torch.bool)  # True at response tokens
+        for i, (x, n_prompt) in enumerate(batch):
             input_ids[i, : len(x)] = torch.tensor(x)
             attn[i, : len(x)] = 1
-            lmask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()  # (B, T-1, V)
+            lmask[i, n_prompt : len(x)] = True
+        # the logit at position t predicts token t + 1: the first response token is predicted at n_prompt - 1
+        first = min(n for _, n in batch) - 1 if keep else 0
+        kwargs = {"logits_to_keep": width - first} if keep else {}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs).logits[:, :-1].float()
         # log p(token) = logit(token) - logsumexp(logits): no second (B, T, V) tensor, as log_softmax would make
-        target = input_ids[:, 1:].to(device).unsqueeze(-1)  # (B, T-1, 1)
-        logp = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, T-1)
-        m = lmask[:, 1:].to(device)
-        for i in range(len(batch)):
-            out.append((float(logp[i][m[i]].sum()), int(m[i].sum())))
-    return out
+        target = input_ids[:, first + 1 :].to(device).unsqueeze(-1)  # (B, T', 1)
+        logp = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, T')
+        m = lmask[:, first + 1 :].to(device)
+        for i, j in enumerate(idx):
+            out[j] = (float(logp[i][m[i]].sum()), int(m[i].sum()))
+    return [out[i] for i in range(len(rows))]
 
 
 def mean_nll(logps: list[tuple[float, int]]) -> float:
@@ -222,10 +252,51 @@ def mean_nll(logps: list[tuple[float, int]]) -> float:
     return -sum(lp for lp, _ in logps) / max(total, 1)
 
 
-def heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]]) -> float:
+def heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]], bf16: bool = False) -> float:
     """Per-token NLL of the held-out chosen responses given their prompts (pretrain's and SFT's figure)."""
     model.eval()
-    return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]))
+    return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout], bf16=bf16))
+
+
+def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, bf16: bool = False) -> dict[str, Any]:
+    """Held-out DPO figures, pair by pair: implicit reward r(y) = beta * (log pi(y|x) - log pi_ref(y|x)) with the
+    reference the same weights with the LoRA adapter disabled (peft's ``disable_adapter``), margin
+    r(chosen) - r(rejected); accuracy is the share of pairs with margin > 0 (a tie counts as wrong, as in TRL),
+    with its Wilson 95% interval, and ``acts`` says whether that interval lies above 50%.
+
+    Written here because ``DPOTrainer.evaluate`` returns only batch means, which give no interval; the sigmoid
+    DPO loss is recomputed from the same margins."""
+    model.eval()
+    prompts = [r["prompt"] for r in pairs]
+    logps = {k: response_logps(model, tok, prompts, [r[k] for r in pairs], bf16=bf16) for k in ("chosen", "rejected")}
+    with model.disable_adapter():
+        ref = {k: response_logps(model, tok, prompts, [r[k] for r in pairs], bf16=bf16) for k in ("chosen", "rejected")}
+    chosen = [beta * (a - b) for (a, _), (b, _) in zip(logps["chosen"], ref["chosen"])]
+    rejected = [beta * (a - b) for (a, _), (b, _) in zip(logps["rejected"], ref["rejected"])]
+    shorter = [nc < nr for (_, nc), (_, nr) in zip(logps["chosen"], logps["rejected"])]
+    return dpo_figures(chosen, rejected, shorter)
+
+
+def dpo_figures(chosen: list[float], rejected: list[float], chosen_shorter: list[bool] | None = None) -> dict[str, Any]:
+    """Accuracy (with its Wilson 95% interval), mean margin and sigmoid loss from per-pair implicit rewards; with
+    ``chosen_shorter`` (is the chosen response the shorter one, in tokens) also the accuracy on each side of it:
+    a policy that only learned to prefer short answers scores well on one side and badly on the other."""
+    from hhalign.stats.intervals import wilson_interval
+
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    n, wins = len(margins), sum(m > 0 for m in margins)
+    low, high = wilson_interval(wins, n)
+    out = {
+        "pairs": n, "implicit_reward_accuracy": wins / n, "accuracy_interval": [low / 100, high / 100],
+        "implicit_reward_margin": sum(margins) / n, "chosen_reward": sum(chosen) / n, "rejected_reward": sum(rejected) / n,
+        "loss": sum(-torch.nn.functional.logsigmoid(torch.tensor(m)).item() for m in margins) / n,
+        "acts": low > 50,
+    }
+    if chosen_shorter is not None:
+        for side, flag in (("chosen_shorter", True), ("chosen_longer", False)):
+            side_wins = [m > 0 for m, s in zip(margins, chosen_shorter) if s == flag]
+            out[f"accuracy_{side}"] = {"pairs": len(side_wins), "accuracy": sum(side_wins) / len(side_wins) if side_wins else None}
+    return out
 
 
 # ----------------------------------------------------------------------------- finishing

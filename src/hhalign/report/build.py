@@ -23,6 +23,7 @@ from hhalign.errors import UserError
 from hhalign.report import plots
 from hhalign.report.html import render_html
 from hhalign.report.markdown import FigureRef, Report, render_markdown
+from hhalign.stats.treatments import START, treatments
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
     metrics = dict(metrics)
     metrics.setdefault("thresholds", {"harmful": metrics_cfg.harmful_threshold, "helpful": metrics_cfg.helpful_threshold})
     run_info = _read_optional(in_dir / RUN_FILE, problems)
+    folder = RunFolder(in_dir)
+    train_reports = {v: _read_optional(folder.file(v, "train_report.json"), problems) for v in START}
     return Report(
         title=_title(in_dir, run_info),
         source=str(in_dir),
@@ -72,6 +75,7 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
         missing=problems + _missing(data, metrics, run_info),
         data_report=_read_optional(RunFolder(in_dir).file("data", "data_report.json"), problems),
         run_info=run_info,
+        treatments=treatments(data, train_reports, plots.label),
     )
 
 

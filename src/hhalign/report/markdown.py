@@ -18,6 +18,7 @@ from typing import Any
 
 from hhalign.config.schema import PROMPT_SETS
 from hhalign.report.plots import RATES, SET_POSITIVE, label, variant_order
+from hhalign.stats.treatments import caveats as treatment_caveats
 
 DASH = "–"  # a missing value
 _MAX_KV_ROWS = 120  # cap on rows of a generic key/value table (data report, run settings)
@@ -49,6 +50,7 @@ class Report:
     data_report: dict[str, Any] | None = None
     run_info: dict[str, Any] | None = None
     figures: list[FigureRef] = field(default_factory=list)
+    treatments: list[dict[str, Any]] = field(default_factory=list)  # hhalign.stats.treatments.treatments
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -308,7 +310,28 @@ def length_tables(report: Report) -> list[Table]:
 
 
 def caveat_texts(report: Report) -> list[str]:
-    return [str(c.get("text", "")) for c in report.metrics.get("caveats") or [] if isinstance(c, dict)]
+    metrics = [str(c.get("text", "")) for c in report.metrics.get("caveats") or [] if isinstance(c, dict)]
+    return metrics + treatment_caveats(report.treatments, label)
+
+
+def treatments_table(report: Report) -> Table:
+    rows = []
+    for t in report.treatments:
+        held = t["heldout"] or {}
+        same = [f"{k}/{n} ({100 * k / n:.0f}%)" if (k, n) != (None, None) and n else DASH
+                for k, n in (t["identical"].get(s, (None, None)) for s in PROMPT_SETS)]
+        verdict = "no: " + "; ".join(t["doubts"]) if t["doubts"] else "yes"
+        rows.append([label(t["variant"]), label(t["start"]), held.get("figure", DASH), held.get("text", DASH), *same, verdict])
+    return Table(
+        "Did each treatment act?",
+        ["model", "started from", "held-out figure", "after training", *[f"answers identical to start ({s})" for s in PROMPT_SETS], "acted"],
+        rows,
+        "Held-out figures from each training stage's train_report.json, on pairs no stage trained on: SFT's NLL of the "
+        "chosen responses (before -> after); DPO's implicit-reward accuracy, the share of pairs where the trained policy "
+        "raises the chosen response's log-probability ratio to its starting model above the rejected one's, with a Wilson "
+        "95% interval (before training it is 0 with every margin 0: the LoRA adapter starts at zero). A DPO stage acts when "
+        "that interval lies above 50%. Identical answers: prompts answered word for word as the starting model did.",
+    )
 
 
 def kv_table(title: str, obj: dict[str, Any], note: str = "") -> Table:
@@ -336,6 +359,7 @@ def tables(report: Report) -> dict[str, list[Table]]:
     out: dict[str, list[Table]] = {}
     if report.metrics.get("variants"):
         out["results"] = [study_table(report), exact_table(report)]
+        out["treatments"] = [treatments_table(report)] if report.treatments else []
         out["judge"] = validity_tables(report) + judge_tables(report)
         out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
         out["length"] = length_tables(report)
@@ -404,10 +428,10 @@ def md_table(t: Table) -> str:
 
 
 SECTION_TITLES = {
-    "results": "Results", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "length": "Length",
+    "results": "Results", "treatments": "Treatments", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "length": "Length",
     "hygiene": "Judge hygiene", "data": "Data", "run": "Run settings and versions",
 }
-ORDER = ("results", "judge", "paired", "figures", "length", "hygiene", "data", "run")
+ORDER = ("results", "treatments", "judge", "paired", "figures", "length", "hygiene", "data", "run")
 
 
 def render_markdown(report: Report, figure_format: str = "png") -> str:

@@ -5,8 +5,9 @@
 
 The reference model is the frozen starting model, obtained by disabling the adapter (TRL does this
 when given a peft_config): no second copy of the weights. Any loss the installed TRL offers is
-selected with ``dpo.loss_type``. Held-out figures before and after training are DPOTrainer.evaluate's
-on the held-out pairs (implicit-reward margin and accuracy, loss). The adapter is saved (adapter/) and
+selected with ``dpo.loss_type``. The held-out figures (``training.dpo_heldout``: implicit-reward accuracy with its
+95% interval, margin, loss) are measured after training; before it they are known without a forward pass when
+the adapter starts at zero (peft's default), and measured otherwise. The adapter is saved (adapter/) and
 merged for generation (model/).
 """
 
@@ -30,11 +31,14 @@ from hhalign.models.training import (
     StopOnInterrupt,
     base_model,
     begin_training,
+    dpo_figures,
+    dpo_heldout,
     finish_training,
     fit_rows,
     last_checkpoint,
     load_rows,
     pair_inputs,
+    rows_reached,
     save_model_atomically,
     trl_args,
 )
@@ -68,13 +72,21 @@ def _pairs(rows: list[dict[str, Any]]) -> Dataset:
     return Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
 
 
-def heldout_figures(trainer: Any) -> dict[str, float]:
-    """DPOTrainer.evaluate on the held-out pairs: implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)),
-    margin = r(chosen) - r(rejected), accuracy = share with margin > 0 (TRL's: a tie counts as wrong, so an
-    adapter that has not moved scores 0), each averaged over evaluation batches by TRL; and the DPO loss."""
-    m = trainer.evaluate()
-    return {"implicit_reward_margin": m["eval_rewards/margins"], "implicit_reward_accuracy": m["eval_rewards/accuracies"],
-            "loss": m["eval_loss"]}
+def starts_at_zero(model: torch.nn.Module) -> bool:
+    """Whether every LoRA B matrix is zero (peft's default ``init_lora_weights=True``): the adapter then adds
+    nothing, so before training the policy is the reference and every held-out margin is 0 by construction."""
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    return bool(b) and all(not p.detach().any() for p in b)
+
+
+def acts_text(after: dict[str, Any]) -> str:
+    """One line: the held-out accuracy with its interval, and whether the treatment measurably acted."""
+    if not after:
+        return "no held-out pairs, so nothing shows whether it acted"
+    low, high = after["accuracy_interval"]
+    verdict = "acted" if after["acts"] else "did not measurably act (the interval reaches 50%)"
+    return (f"held-out implicit-reward accuracy {after['implicit_reward_accuracy']:.2f} [{low:.2f}, {high:.2f}] on "
+            f"{after['pairs']} pairs, margin {after['implicit_reward_margin']:.3f}: {verdict}")
 
 
 def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> dict[str, Any] | None:
@@ -88,32 +100,38 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resu
     check_lora_targets(model, cfg.dpo.lora.args.get("target_modules"))
     max_length = cfg.dpo.args.get("max_length", 1024)
     fit = dict(tok=tok, max_length=max_length, keep=cfg.dpo.keep_responses, keys=("chosen", "rejected"))
-    rows, lengths = fit_rows(load_rows(work, "prefs"), **fit)
+    rows, lengths = fit_rows(rows_reached(load_rows(work, "prefs"), cfg.dpo), **fit)
     heldout, _ = fit_rows(load_rows(work, "heldout", cfg.dpo), **fit)
+    beta = cfg.dpo.args.get("beta", 0.1)
     # --- model: TRL wraps it in the LoRA adapter; the reference is the same weights with the adapter disabled
     lora = library_class("dpo.lora")(task_type="CAUSAL_LM", **cfg.dpo.lora.args)
+    evaluates = cfg.dpo.args.get("eval_strategy", "no") != "no"  # the held-out figures below need no eval_dataset
     trainer = DPOTrainer(model=model, args=trl_args(stage, cfg.dpo, work.dir, cfg.seed), train_dataset=_pairs(rows),
-                         eval_dataset=_pairs(heldout) if heldout else None, processing_class=tok, peft_config=lora,
-                         callbacks=[StopOnInterrupt()])
-    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}  # small: r x width
-    before = heldout_figures(trainer) if heldout else {}
+                         eval_dataset=_pairs(heldout) if heldout and evaluates else None, processing_class=tok,
+                         peft_config=lora, callbacks=[StopOnInterrupt()])
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}  # small: r x width
+    if not heldout:
+        before: dict[str, Any] = {}
+    elif starts_at_zero(policy):  # no forward pass needed: policy == reference, every margin 0, loss ln 2
+        before = dpo_figures([0.0] * len(heldout), [0.0] * len(heldout)) | {"by_construction": "the LoRA adapter starts at zero"}
+    else:
+        before = dpo_heldout(policy, tok, heldout, beta, bf16=trainer.args.bf16)
     # --- train
     trainer.train(resume_from_checkpoint=last_checkpoint(work))
-    after = heldout_figures(trainer) if heldout else {}
-    params = dict(trainer.model.named_parameters())
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    after = dpo_heldout(policy, tok, heldout, beta, bf16=trainer.args.bf16) if heldout else {}
+    params = dict(policy.named_parameters())
     unchanged = sorted(n for n, p in lora_before.items() if torch.equal(p, params[n].detach()))
     _save(trainer, tok, work)
     # --- report
     report = {
         "stage": stage, "from": source, "train_pairs": len(rows), "heldout_pairs": len(heldout),
-        "beta": cfg.dpo.args.get("beta", 0.1), "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths,
+        "beta": beta, "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths,
         "before": before, "after": after,
         "parameters": {"lora_tensors": len(lora_before), "lora_changed": len(lora_before) - len(unchanged), "lora_unchanged": unchanged},
         "reference": "adapter disabled" if trainer.ref_model is None else "separate copy",
-        "summary": f"{stage}: " + (f"held-out implicit-reward margin {before['implicit_reward_margin']:.4f} -> "
-                                   f"{after['implicit_reward_margin']:.4f}, accuracy {before['implicit_reward_accuracy']:.2f} -> "
-                                   f"{after['implicit_reward_accuracy']:.2f}; " if heldout else "no held-out pairs; ")
-                   + f"{lengths['would_lose_response_tokens']} rows over max_length",
+        "summary": f"{stage}: {acts_text(after)}; {lengths['would_lose_response_tokens']} rows over max_length",
     }
     log.info(report["summary"])
     return finish_training(work, report, ["adapter", "model"], trainer)

@@ -28,6 +28,7 @@ from hhalign.models.training import (
     last_checkpoint,
     load_rows,
     pair_inputs,
+    rows_reached,
     save_model_atomically,
     trl_args,
 )
@@ -59,7 +60,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     work = begin_training("sft", cfg, run_dir, inputs(cfg, run_dir), resume)
     # --- inputs
     source = work.inputs["start"].ref
-    rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.sft)
+    rows, heldout = rows_reached(load_rows(work, "prefs"), cfg.sft), load_rows(work, "heldout", cfg.sft)
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
     check_padding_free(model, cfg.sft.args)
     max_length = cfg.sft.args.get("max_length", 1024)
@@ -72,14 +73,14 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
         dataset = Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "completion": [r["chosen"] for r in rows]})
         fixed = {"completion_only_loss": True}
     # --- train
-    before = heldout_nll(model, tok, heldout)
-    model.train()
     args = trl_args("sft", cfg.sft, work.dir, cfg.seed, **fixed)
+    before = heldout_nll(model, tok, heldout, bf16=args.bf16)  # in the precision the trainer computes in
+    model.train()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[StopOnInterrupt()])
     trainer.train(resume_from_checkpoint=last_checkpoint(work))
     save_model_atomically(trainer, tok, work.dir / "model")
     # --- report
-    after = heldout_nll(model, tok, heldout)
+    after = heldout_nll(model, tok, heldout, bf16=args.bf16)
     report = {
         "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "train_pairs": len(rows), "heldout_pairs": len(heldout),
         "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after},

@@ -1,0 +1,90 @@
+"""Did each treatment act? Its held-out figures (from its stage's train_report.json) and the share of its answers
+that are identical to those of the model it started from, per prompt set.
+
+A variant compared with Base means little when its training barely moved it; the report says so at the top
+(``caveats``) and shows this table.
+
+    rows = treatments(data, {"sft": sft_report, "dpo": dpo_report, "sft_dpo": sft_dpo_report})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hhalign.config.schema import PROMPT_SETS
+
+START = {"sft": "base", "dpo": "base", "sft_dpo": "sft"}  # the model each treatment starts from
+IDENTICAL_FLAG = 0.5  # a treatment whose answers equal its start's on at least half the prompts is flagged
+
+
+def identical_share(mine: list[dict[str, Any]], start: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """(prompts answered word for word as the starting model did, prompts both answered), matched by prompt."""
+    theirs = {e.get("prompt"): e.get("response") for e in start}
+    both = [e for e in mine if e.get("prompt") in theirs]
+    if not both:
+        return None
+    return sum(str(e.get("response", "")).strip() == str(theirs[e["prompt"]] or "").strip() for e in both), len(both)
+
+
+def heldout(variant: str, report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stage's held-out figure before and after, and whether it shows the treatment acting."""
+    if not report:
+        return None
+    if variant == "sft":
+        nll = report.get("heldout_nll_chosen") or {}
+        before, after = nll.get("before"), nll.get("after")
+        if before is None or after is None:
+            return None
+        return {"figure": "held-out NLL of chosen responses", "before": before, "after": after, "acts": after < before,
+                "text": f"NLL {before:.3f} -> {after:.3f}", "pairs": report.get("heldout_pairs")}
+    after = report.get("after") or {}
+    if "accuracy_interval" not in after:
+        return None
+    low, high = after["accuracy_interval"]
+    return {"figure": "held-out implicit-reward accuracy", "before": (report.get("before") or {}).get("implicit_reward_accuracy"),
+            "after": after["implicit_reward_accuracy"], "interval": [low, high], "acts": bool(after["acts"]),
+            "pairs": after["pairs"], "margin": after.get("implicit_reward_margin"),
+            "text": f"accuracy {after['implicit_reward_accuracy']:.2f} [{low:.2f}, {high:.2f}] on {after['pairs']} pairs, "
+                    f"margin {after.get('implicit_reward_margin', 0):.3f}" + _by_length(after)}
+
+
+def _by_length(after: dict[str, Any]) -> str:
+    """The accuracy where the chosen response is the shorter one and where it is not: a preference for short
+    answers alone shows as a high figure on one side and a low one on the other."""
+    short, long = after.get("accuracy_chosen_shorter") or {}, after.get("accuracy_chosen_longer") or {}
+    if short.get("accuracy") is None or long.get("accuracy") is None:
+        return ""
+    return (f" ({short['accuracy']:.2f} on the {short['pairs']} where chosen is shorter, "
+            f"{long['accuracy']:.2f} on the {long['pairs']} where it is not)")
+
+
+def treatments(data: dict[str, dict[str, list[dict[str, Any]]]], reports: dict[str, dict[str, Any] | None],
+               label: Callable[[str], str] = str) -> list[dict[str, Any]]:
+    """One row per treated variant present in ``data`` or ``reports``: its start, held-out figure, identical
+    answers per prompt set, and the reasons (if any) to doubt that it acted (variants named by ``label``)."""
+    rows = []
+    for variant, start in START.items():
+        if variant not in data and not reports.get(variant):
+            continue
+        same = {s: identical_share(data[variant][s], data[start][s]) for s in PROMPT_SETS
+                if s in data.get(variant, {}) and s in data.get(start, {})}
+        same = {s: v for s, v in same.items() if v is not None}
+        held = heldout(variant, reports.get(variant))
+        doubts = []
+        if held is None and reports.get(variant):  # a folder of response files alone has no training record
+            doubts.append("no held-out figure shows whether it acted")
+        elif not held["acts"]:
+            doubts.append(f"its {held['figure']} did not move as training should ({held['text']}"
+                          + (": the interval reaches 50%)" if "interval" in held else ")"))
+        for s, (k, n) in same.items():
+            if n and k / n >= IDENTICAL_FLAG:
+                doubts.append(f"{k} of its {n} {s} answers are word for word {label(start)}'s")
+        rows.append({"variant": variant, "start": start, "heldout": held, "identical": same, "doubts": doubts})
+    return rows
+
+
+def caveats(rows: list[dict[str, Any]], label: Callable[[str], str] = str) -> list[str]:
+    """A line for each treatment with a reason to doubt that it acted."""
+    return [f"{label(r['variant'])} may not have acted: " + "; ".join(r["doubts"]) + f". Differences between it and "
+            f"{label(r['start'])} measure little." for r in rows if r["doubts"]]

@@ -1,0 +1,87 @@
+"""Held-out figures computed by hand (``hhalign.models.training``): response log-probs with logits only at
+response positions equal the full forward pass's, and the per-pair DPO figures equal TRL's own evaluation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hhalign.models.loading import load_causal_lm
+from hhalign.models.training import dpo_figures, dpo_heldout, response_logps
+from hhalign.stages.dpo import starts_at_zero
+
+
+def _pairs(hh_rows: list[dict], n: int) -> list[dict]:
+    out = []
+    for r in hh_rows[:n]:
+        cut = r["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
+        out.append({"prompt": r["chosen"][:cut], "chosen": r["chosen"][cut:], "rejected": r["rejected"][cut:]})
+    return out
+
+
+def _full_logps(model, tok, prompts, responses) -> list[float]:
+    """The plain way: one sequence at a time, every position's logits."""
+    out = []
+    with torch.inference_mode():
+        for p, r in zip(prompts, responses):
+            ids = tok(p + r, return_tensors="pt")["input_ids"]
+            n = len(tok(p)["input_ids"])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            out.append(float(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum()))
+    return out
+
+
+def test_response_logps_match_one_at_a_time(tiny_lm_dir: Path, hh_rows: list[dict]) -> None:
+    model, tok = load_causal_lm(str(tiny_lm_dir))
+    model.eval()
+    pairs = _pairs(hh_rows, 12)
+    prompts, responses = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    batched = response_logps(model, tok, prompts, responses, batch_size=5)  # sorted by prompt, padded, logits kept
+    assert [n for _, n in batched] == [len(tok(p + r)["input_ids"]) - len(tok(p)["input_ids"]) for p, r in zip(prompts, responses)]
+    for (lp, _), want in zip(batched, _full_logps(model, tok, prompts, responses)):
+        assert lp == pytest.approx(want, rel=1e-4, abs=1e-3)
+
+
+def test_dpo_figures_of_known_margins() -> None:
+    f = dpo_figures([0.3, 0.1, -0.2, 0.0], [0.1, 0.2, -0.5, 0.0])  # margins 0.2, -0.1, 0.3, 0 (a tie is wrong)
+    assert f["pairs"] == 4 and f["implicit_reward_accuracy"] == 0.5 and f["acts"] is False
+    assert f["implicit_reward_margin"] == pytest.approx(0.1)
+    want_loss = sum(math.log1p(math.exp(-m)) for m in (0.2, -0.1, 0.3, 0.0)) / 4
+    assert f["loss"] == pytest.approx(want_loss, rel=1e-6)
+    low, high = f["accuracy_interval"]
+    assert 0.0 < low < 0.5 < high < 1.0
+    sure = dpo_figures([1.0] * 100, [0.0] * 100)
+    assert sure["acts"] is True and sure["accuracy_interval"][0] > 0.95
+
+
+def test_dpo_heldout_matches_trl_evaluate(tiny_lm_dir: Path, hh_rows: list[dict], tmp_path: Path) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    model, tok = load_causal_lm(str(tiny_lm_dir))
+    pairs = _pairs(hh_rows, 16)
+    args = DPOConfig(output_dir=str(tmp_path), per_device_eval_batch_size=len(pairs), report_to="none", use_cpu=True, max_length=None)
+    ds = Dataset.from_dict({k: [p[k] for p in pairs] for k in ("prompt", "chosen", "rejected")})
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok, peft_config=lora)
+    policy = trainer.model  # as the stage has it: TRL's LoRA wrapper, the reference is the adapter disabled
+    assert starts_at_zero(policy)
+    zero = dpo_heldout(policy, tok, pairs, beta=0.1)  # a zero adapter: policy is the reference, every margin exactly 0
+    assert zero["implicit_reward_margin"] == 0.0 and zero["implicit_reward_accuracy"] == 0.0
+    assert zero["loss"] == pytest.approx(math.log(2))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    assert not starts_at_zero(policy)
+    ours = dpo_heldout(policy, tok, pairs, beta=0.1)
+    trl = trainer.evaluate()
+    # TRL appends an end-of-sequence token to each response; the margins differ by that token's log-ratio only
+    assert ours["implicit_reward_margin"] != 0.0
+    assert ours["implicit_reward_margin"] == pytest.approx(trl["eval_rewards/margins"], rel=0.2, abs=0.01)
+    assert abs(ours["implicit_reward_accuracy"] - trl["eval_rewards/accuracies"]) <= 2 / len(pairs)

@@ -1,0 +1,74 @@
+"""The report says when a treatment did not act: held-out figures and answers identical to the starting model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hhalign.config.schema import MetricsSection, ReportSection
+from hhalign.models.training import dpo_figures
+from hhalign.report.build import build
+from hhalign.stats.treatments import caveats, identical_share, treatments
+
+
+def _answers(texts: list[str], rating: float = 0.0) -> list[dict]:
+    return [{"prompt": f"Human: q{i}", "response": t, "rating": rating + i / 10} for i, t in enumerate(texts)]
+
+
+BASE = [f"answer {i}" for i in range(10)]
+DATA = {
+    "base": {"harmful": _answers(BASE), "helpful": _answers(BASE)},
+    "sft": {"harmful": _answers([f"new {i}" for i in range(10)]), "helpful": _answers([f"new {i}" for i in range(10)])},
+    "dpo": {"harmful": _answers(BASE[:7] + ["x", "y", "z"]), "helpful": _answers(BASE[:2] + [f"d{i}" for i in range(8)])},
+}
+SFT_REPORT = {"heldout_nll_chosen": {"before": 2.8, "after": 2.5}, "heldout_pairs": 64}
+ACTED = dpo_figures([0.2] * 80 + [-0.1] * 20, [0.0] * 100, [True] * 50 + [False] * 50)  # 80/100, interval above 50%
+IDLE = dpo_figures([0.01] * 52 + [-0.01] * 48, [0.0] * 100)  # 52/100: the interval reaches 50%
+
+
+def test_identical_share_matches_by_prompt() -> None:
+    assert identical_share(DATA["dpo"]["harmful"], DATA["base"]["harmful"]) == (7, 10)
+    assert identical_share(_answers(["a"]), []) is None
+
+
+def test_a_treatment_that_did_not_act_is_named_with_its_reasons() -> None:
+    rows = treatments(DATA, {"sft": SFT_REPORT, "dpo": {"before": {}, "after": IDLE}})
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"sft", "dpo"}  # no sft_dpo answers, no report
+    assert by["sft"]["doubts"] == [] and by["sft"]["identical"]["harmful"] == (0, 10)
+    assert by["dpo"]["heldout"]["acts"] is False and by["dpo"]["identical"] == {"harmful": (7, 10), "helpful": (2, 10)}
+    assert len(by["dpo"]["doubts"]) == 2  # the interval, and 7 of 10 harmful answers unchanged
+    lines = caveats(rows)
+    assert len(lines) == 1 and lines[0].startswith("dpo may not have acted") and "0.52 [" in lines[0]
+    assert "7 of its 10 harmful answers are word for word base's" in lines[0]
+
+
+def test_an_acting_treatment_has_no_caveat_and_shows_its_length_split() -> None:
+    data = {k: v for k, v in DATA.items() if k != "dpo"} | {"dpo": DATA["sft"]}
+    rows = treatments(data, {"sft": SFT_REPORT, "dpo": {"after": ACTED}})
+    assert caveats(rows) == []
+    text = next(r for r in rows if r["variant"] == "dpo")["heldout"]["text"]
+    assert text.startswith("accuracy 0.80 [") and "1.00 on the 50 where chosen is shorter, 0.60 on the 50 where it is not" in text
+
+
+def test_response_files_alone_raise_no_doubt_about_training() -> None:
+    rows = treatments({k: v for k, v in DATA.items() if k != "dpo"}, {})
+    assert [r["variant"] for r in rows] == ["sft"] and rows[0]["doubts"] == [] and rows[0]["heldout"] is None
+
+
+def test_report_shows_the_treatments_table_and_the_caveat(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    scored = run / "08_score"
+    scored.mkdir(parents=True)
+    names = {"base": "1_base", "sft": "2_sft", "dpo": "3_dpo"}
+    for v, sets in DATA.items():
+        for s, entries in sets.items():
+            (scored / f"{names[v]}_{s}.json").write_text(json.dumps(entries))
+    (run / "04_dpo").mkdir()
+    (run / "04_dpo" / "train_report.json").write_text(json.dumps({"before": {}, "after": IDLE}))
+    build(run, tmp_path / "out", ReportSection(formats=["svg"]), MetricsSection(bootstrap_samples=200))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Treatments" in md and "Did each treatment act?" in md
+    assert "> **DPO may not have acted:" in md and "7 of its 10 harmful answers are word for word Base's" in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="treatments"' in html and "DPO may not have acted" in html
