@@ -202,3 +202,12 @@ def test_a_model_inside_an_installed_package(tmp_path: Path, monkeypatch: pytest
         resolve("pkg:no_such_pkg/m.gguf")
     with pytest.raises(ModelLoadError, match="has no other.gguf"):
         resolve("pkg:fake_models_pkg/other.gguf")
+
+
+def test_the_architecture_read_from_the_header_is_the_readers(source) -> None:
+    from gguf import GGUFReader
+
+    from hhalign.models.gguf import _architecture
+
+    _, _, path = source
+    assert _architecture(path) == GGUFReader(str(path)).fields["general.architecture"].contents() == "llama"

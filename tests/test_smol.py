@@ -77,5 +77,10 @@ def test_the_real_preset_end_to_end_on_a_few_rows(tmp_path: Path) -> None:
     assert metrics["validity"]["axes"]["helpful"]["status"] in ("validated", "not shown to agree", "inverted")
     md = (stage_dir(run, "report") / "report.md").read_text()
     assert "## The judge" in md and "How far to trust the judge" in md and (stage_dir(run, "report") / "judge.png").is_file()
+    assert "## Treatments" in md and "Did each treatment act?" in md
+    for stage, name in (("dpo", "DPO"), ("sft_dpo", "SFT+DPO")):  # 4 held-out pairs: acts only if all 4 go the right way
+        after = read_json(stage_dir(run, stage) / "train_report.json")["after"]
+        assert after["pairs"] == 4 and after["acts"] == (after["implicit_reward_accuracy"] == 1.0)
+        assert after["acts"] or f"> **{name} may not have acted:" in md
     said = done.stdout + done.stderr  # a judge at chance on its 24 pairs is a warning (stderr)
     assert "judge " in said and "held-out pairs that no stage trained on" in said

@@ -99,7 +99,7 @@ STAGES: tuple[Stage, ...] = (
           every_rank=True),
     Stage("metrics", "09_metrics", ("score",), ("metrics.json",), ("metrics",),
           "HmR, HpR, CAS with intervals, paired tests and threshold sweeps"),
-    Stage("report", "10_report", ("data", "score", "metrics"), ("report.md", "report.html", "*.png", "*.svg", "*.pdf"), ("report",),
+    Stage("report", "10_report", ("data", "sft", "dpo", "sft_dpo", "score", "metrics"), ("report.md", "report.html", "*.png", "*.svg", "*.pdf"), ("report",),
           "figures, report.md and a self-contained report.html"),
 )
 BY_NAME = {s.name: s for s in STAGES}

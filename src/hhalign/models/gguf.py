@@ -32,7 +32,30 @@ log = logging.getLogger(__name__)
 SOURCE_FILE = "gguf_source.json"  # in each converted folder: where it came from
 
 
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
+_STRING = 8
+
+
 def _architecture(path: Path) -> str:
+    """``general.architecture`` from the file's header. gguf's GGUFReader parses every field first (the 49k-token
+    vocabulary included: 4 s for SmolLM2), so the header is read here as far as that key, which writers put
+    first; the reader is the fallback for a file that puts it behind an array."""
+    import contextlib
+    import struct
+
+    with open(path, "rb") as fh, contextlib.suppress(struct.error):  # a short header: the reader says what is wrong
+        magic, _version, _tensors, n_kv = struct.unpack("<4sIQQ", fh.read(24))
+        for _ in range(n_kv if magic == b"GGUF" else 0):
+            key = fh.read(struct.unpack("<Q", fh.read(8))[0]).decode("utf-8", "replace")
+            kind = struct.unpack("<I", fh.read(4))[0]
+            if kind == _STRING:
+                value = fh.read(struct.unpack("<Q", fh.read(8))[0])
+                if key == "general.architecture":
+                    return value.decode("utf-8", "replace")
+            elif kind in _SCALAR:
+                fh.seek(_SCALAR[kind], 1)
+            else:
+                break
     from gguf import GGUFReader
 
     field = GGUFReader(str(path)).fields.get("general.architecture")

@@ -37,7 +37,7 @@ def heldout(variant: str, report: dict[str, Any] | None) -> dict[str, Any] | Non
         if before is None or after is None:
             return None
         return {"figure": "held-out NLL of chosen responses", "before": before, "after": after, "acts": after < before,
-                "text": f"NLL {before:.3f} -> {after:.3f}", "pairs": report.get("heldout_pairs")}
+                "text": f"NLL {before:.3f} → {after:.3f}", "pairs": report.get("heldout_pairs")}
     after = report.get("after") or {}
     if "accuracy_interval" not in after:
         return None
