@@ -95,6 +95,9 @@ def _finished_layout(run_dir: Path, cfg) -> None:
                 table.artifact(run_dir, stage, f"{v}_{s}.json").write_text("[]")
     table.artifact(run_dir, "data", "data_report.json").write_text("{}")
     table.artifact(run_dir, "score", table.JUDGE_FILE).write_text("{}")
+    for stage in ("sft", "dpo", "sft_dpo"):  # the report reads each treatment's record (did it act?)
+        table.stage_dir(run_dir, stage).mkdir(parents=True, exist_ok=True)
+        table.artifact(run_dir, stage, "train_report.json").write_text("{}")
 
 
 def _reads(cfg) -> dict[str, set[str]]:

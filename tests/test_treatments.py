@@ -72,3 +72,8 @@ def test_report_shows_the_treatments_table_and_the_caveat(tmp_path: Path) -> Non
     assert "> **DPO may not have acted:" in md and "7 of its 10 harmful answers are word for word Base's" in md
     html = (tmp_path / "out" / "report.html").read_text()
     assert 'id="treatments"' in html and "DPO may not have acted" in html
+
+
+def test_a_training_record_without_a_held_out_figure_is_a_doubt() -> None:
+    rows = treatments({"base": DATA["base"], "dpo": DATA["sft"]}, {"dpo": {"before": {}, "after": {}}})
+    assert rows[0]["heldout"] is None and rows[0]["doubts"] == ["no held-out figure shows whether it acted"]

@@ -72,8 +72,9 @@ def treatments(data: dict[str, dict[str, list[dict[str, Any]]]], reports: dict[s
         same = {s: v for s, v in same.items() if v is not None}
         held = heldout(variant, reports.get(variant))
         doubts = []
-        if held is None and reports.get(variant):  # a folder of response files alone has no training record
-            doubts.append("no held-out figure shows whether it acted")
+        if held is None:
+            if reports.get(variant):  # a folder of response files alone has no training record: no doubt from that
+                doubts.append("no held-out figure shows whether it acted")
         elif not held["acts"]:
             doubts.append(f"its {held['figure']} did not move as training should ({held['text']}"
                           + (": the interval reaches 50%)" if "interval" in held else ")"))
