@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hhalign.data.sources import resolve
+from hhalign.data.sources import folder_name, resolve
 from hhalign.engine.work import model_input
 from hhalign.errors import ModelLoadError
-from hhalign.data.sources import folder_name
 from hhalign.models.gguf import SOURCE_FILE, cached, convert
 
 TEXTS = ["\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast, then bake it.",

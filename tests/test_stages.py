@@ -222,7 +222,11 @@ def test_an_interrupted_stage_with_other_inputs_starts_over(own_data: Path, tmp_
     assert again.resumed and (again.dir / "partial.bin").exists()
     assert sorted(p.name for p in again.dir.iterdir()) == [".started.json", "partial.bin"], "temporary files are dropped"
     (table.stage_dir(cfg.run_dir, "data") / "prefs.jsonl").write_text("")  # the input moved under it
-    assert _plan(cfg)["pretrain"].reason.startswith("interrupted earlier with other settings or inputs")
+    plan = _plan(cfg)  # the data stage's own output changed: it re-runs, and pretrain after it
+    assert plan["data"].reason.startswith("output changed: 01_data/prefs.jsonl (0 bytes") and plan["pretrain"].reason == "upstream data re-runs"
+    st = table.get("pretrain")
+    assert work.decide(st, cfg, cfg.run_dir, pipeline.inputs(st, cfg, cfg.run_dir)).reason.startswith(
+        "interrupted earlier with other settings or inputs")
     fresh = work.begin("pretrain", cfg, cfg.run_dir, pipeline.inputs(table.get("pretrain"), cfg, cfg.run_dir))
     assert not fresh.resumed and not (fresh.dir / "partial.bin").exists()
 

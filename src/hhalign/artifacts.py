@@ -39,6 +39,10 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write names no file: name the artifact (the disk-full message shows it)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -102,10 +106,43 @@ def sha256_path(path: str | Path) -> str:
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".") and q.name != MANIFEST):
+    for p in _files(path):
         h.update(str(p.relative_to(path)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".") and q.name != MANIFEST)
+
+
+def fingerprint(path: str | Path) -> dict[str, int]:
+    """What a stat walk tells of a file or folder, without reading it: files, bytes, latest modification (ns)."""
+    files = _files(Path(path))
+    stats = [f.stat() for f in files]
+    return {"files": len(files), "bytes": sum(st.st_size for st in stats), "mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
+
+
+def record(path: str | Path) -> dict[str, Any]:
+    """An output as its stage's manifest records it: its fingerprint and the sha256 of its content."""
+    return {**fingerprint(path), "sha256": sha256_path(path)}
+
+
+def changed(path: str | Path, recorded: dict[str, Any], full: bool = False) -> str | None:
+    """Why ``path`` no longer is the output ``recorded`` (None: it is). Cheap when nothing moved: an unchanged
+    fingerprint (files, bytes, latest mtime) is trusted unless ``full``; otherwise the content is hashed, so a file
+    merely touched or copied back still counts as the same."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    now = fingerprint(path)
+    if not full and all(now[k] == recorded.get(k) for k in now):
+        return None
+    if now["bytes"] != recorded.get("bytes") or now["files"] != recorded.get("files"):
+        return f"{now['bytes']:,} bytes in {now['files']} files, recorded {recorded.get('bytes', 0):,} in {recorded.get('files', 0)}"
+    return None if sha256_path(path) == recorded.get("sha256") else "content differs from the recorded sha256"
 
 
 def versions() -> dict[str, str]:

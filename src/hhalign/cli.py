@@ -41,6 +41,7 @@ from hhalign.config.schema import (
 )
 from hhalign.data.prompts import write_prompt_sets
 from hhalign.engine.folder import RunFolder
+from hhalign.engine.lock import command_line, owning
 from hhalign.engine.table import BY_NAME, STAGES, get, stage_dir
 from hhalign.engine.work import Input
 from hhalign.memory import tune_allocator
@@ -62,7 +63,7 @@ GROUPS = (
     ("the study", ("run",)),
     ("its stages, one at a time (each in the config's run folder)", tuple(s.name for s in STAGES)),
     ("several runs", ("sweep", "compare")),
-    ("utilities", ("config", "prompts")),
+    ("utilities", ("config", "prompts", "verify")),
 )
 EXAMPLES = {
     "run": ["hhalign run smol --data-dir ../shared/data/hh-rlhf", "hhalign run tiny --dry-run --set dpo.beta=0.2",
@@ -77,6 +78,7 @@ EXAMPLES = {
     "compare": ["hhalign compare runs/a runs/b --out runs/ab-compare"],
     "config": ["hhalign config --keys", "hhalign config smol --set dpo.beta=0.2"],
     "prompts": ["hhalign prompts --data-dir ../shared/data/hh-rlhf --out prompts/"],
+    "verify": ["hhalign verify runs/smol"],
 }
 
 
@@ -127,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
              "sweep": "every combination of some settings, each a run, the stages they share run once; then compare",
              "compare": "runs side by side: rates with intervals, paired tests with Holm's correction, figures",
              "config": "print a config resolved with overrides, or every key with its help",
-             "prompts": "write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)"}
+             "prompts": "write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)",
+             "verify": "check every finished stage's outputs against its manifest (size and sha256); exit 1 if any differ"}
     assert sorted(helps) == sorted(n for _, names in GROUPS for n in names), "every command in one group"
     parser = argparse.ArgumentParser(prog="hhalign", description=hhalign.__doc__, epilog=_commands_text(helps),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare")
     p.add_argument("runs", nargs="+", help="run folders (each with its metrics stage done)")
     p.add_argument("--out", required=True, help="output folder for compare.md, compare.html, compare.json and figures")
+
+    p = command("verify")
+    p.add_argument("run", help="a run folder (runs/NAME)")
 
     p = command("prompts")
     p.add_argument("--data-dir", required=True, help="local HH-RLHF folder, or a hub dataset id")
@@ -204,7 +210,7 @@ def _stage(args: argparse.Namespace) -> int:
         Input(args.from_model, "model", "--from PATH").check()
     pipeline.validate(cfg, cfg.run_dir, [st])
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    with logs.to_file(cfg.run_dir / "run.log"):
+    with owning(cfg.run_dir, command_line()), logs.to_file(cfg.run_dir / "run.log"):
         try:
             pipeline.run_stage(name, cfg, cfg.run_dir, resume=args.resume, **kwargs)
         except BaseException as e:
@@ -367,6 +373,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Print each finished stage's outputs that differ from its manifest; 1 when any do."""
+    from hhalign.engine.work import verify
+
+    found = verify(Path(args.run))
+    for where, diffs in found.items():
+        print(f"{where}: " + ("ok" if not diffs else "differs: " + "; ".join(diffs)))
+    bad = sum(bool(d) for d in found.values())
+    print(f"{args.run}: {len(found)} stages checked, " + (f"{bad} differ from their manifests: the next `hhalign run` "
+                                                          "re-runs them and what depends on them" if bad else "all as recorded"))
+    return 1 if bad else 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if parallel.launched() and args.command not in ("run", *BY_NAME):
         raise errors.UserError(f"hhalign {args.command} runs as one process: start it without accelerate launch "
@@ -381,6 +400,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _config(args)
     if args.command == "prompts":
         return _prompts(args)
+    if args.command == "verify":
+        return _verify(args)
     if args.command in ONE_SHOT:
         targets = args.targets
         if len(targets) == 1 and (targets[0].endswith((".yaml", ".yml")) or targets[0] in PRESETS):

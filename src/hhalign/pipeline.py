@@ -29,6 +29,7 @@ from hhalign import errors, logs, parallel
 from hhalign.artifacts import git_commit, versions, write_json
 from hhalign.config.schema import RunConfig, section_hash
 from hhalign.engine.folder import seed_folder
+from hhalign.engine.lock import command_line, owning
 from hhalign.engine.table import (
     RUN_FILE,
     STAGES,
@@ -192,7 +193,7 @@ def run_pipeline(cfg: RunConfig, dry_run: bool = False, seeds: list[int] | None 
     if parallel.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
     parallel.check_shared(run_dir, "")  # the others wait there for rank 0 to have made the folder
-    with logs.to_file(run_dir / "run.log") if parallel.is_main() else nullcontext():
+    with owning(run_dir, command_line()), logs.to_file(run_dir / "run.log") if parallel.is_main() else nullcontext():
         log.info(f"hhalign run: {run_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
         if parallel.size() > 1:
             log.info(f"hhalign run: {parallel.size()} processes; training, generate and score use all of them, the other "

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,16 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
 
 
 # ----------------------------------------------------------------------------- sections
+
+
+def check_plain_name(name: str, key: str, flag: str) -> None:
+    """A run or sweep folder name is one plain folder under output_dir: no path separator, no '..', not absolute,
+    so that nothing is written outside output_dir (``--name ../../x`` would otherwise climb out of it)."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
+           or (os.altsep is not None and os.altsep in name) or Path(name).is_absolute() or "\0" in name)
+    if bad:
+        raise ConfigError(f"{key} {name!r} must be a plain folder name under output_dir (no '/', no '..', not absolute): "
+                          f"give {flag} NAME, or set output_dir to choose where runs go", key)
 
 
 @dataclass
@@ -237,6 +248,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "")
+        check_plain_name(self.name, "name", "--name")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants lists a name twice: {self.variants}", "variants")
         if not self.variants:

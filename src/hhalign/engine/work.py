@@ -23,9 +23,11 @@ from typing import Any
 
 from hhalign import parallel, usage
 from hhalign.artifacts import (
+    changed,
     git_commit,
     read_json,
     read_manifest,
+    record,
     sha256_path,
     stop_if_interrupted,
     versions,
@@ -135,7 +137,39 @@ def decide(stage: Stage, cfg: RunConfig, run_dir: Path, ins: dict[str, Input]) -
     moved = sorted(n for n in old.keys() | hashes.keys() if old.get(n) != hashes.get(n))
     if moved:
         return made("run", "input changed: " + _some(moved))
+    if damaged := changed_outputs(d, manifest):
+        return made("run", "output changed: " + _some(damaged))
     return made("skip", "done, settings and inputs unchanged")
+
+
+def changed_outputs(d: Path, manifest: dict[str, Any], full: bool = False) -> list[str]:
+    """The outputs of a finished stage folder that differ from its manifest's record ("01_data/prefs.jsonl
+    (missing)"): checked by a stat walk, hashed only when sizes or times moved (``full``: always hashed). A
+    manifest written before outputs were recorded is trusted."""
+    out = []
+    for name, rec in sorted((manifest.get("artifacts") or {}).items()):
+        if why := changed(d / name, rec, full=full):
+            out.append(f"{d.name}/{name} ({why})")
+    return out
+
+
+def verify(run_dir: str | Path) -> dict[str, list[str]]:
+    """Every finished stage folder of a run (and of each seed-N/ in it) against its manifest, every output hashed:
+    {stage folder: what differs} (an empty list: as recorded). ``hhalign verify RUN``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such folder; give a run folder (runs/NAME)")
+    found: dict[str, list[str]] = {}
+    for d in [run_dir, *sorted(p for p in run_dir.glob("seed-*") if p.is_dir())]:
+        for st in STAGES:
+            folder = d / st.folder
+            if (folder / MANIFEST).is_file():
+                manifest = read_manifest(folder)
+                where = str(folder.relative_to(run_dir))
+                found[where] = ["manifest.json is unreadable"] if manifest is None else changed_outputs(folder, manifest, full=True)
+    if not found:
+        raise UserError(f"{run_dir} holds no finished stage (no NN_stage/manifest.json): give a run folder (runs/NAME)")
+    return found
 
 
 def _some(names: list[str]) -> str:
@@ -201,6 +235,8 @@ class StageRun:
             "settings": self.settings,
             "inputs": {n: {"ref": i.ref, "kind": i.kind, "sha256": self.hashes[n]} for n, i in self.inputs.items()},
             "outputs": sorted(outputs),
+            # size, latest time and sha256 of each: skip and resume check them (``changed_outputs``), as does verify
+            "artifacts": {o: record(self.dir / o) for o in sorted(outputs)} if self.main else {},
             "resumed": self.resumed,
             "versions": versions(),
             "git_commit": git_commit(),

@@ -108,11 +108,48 @@ def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixe
 
 
 def last_checkpoint(work: StageRun) -> str | None:
-    """The checkpoint to resume from: the latest one of a resumed stage folder, else None (start afresh)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: the latest whole one of a resumed stage folder, else None (start afresh). A
+    checkpoint cut short (a killed save, a full disk: a file that no longer parses) is passed over, with a message,
+    for the one before it; with none whole the stage starts over."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     ck = work.dir / "checkpoints"
-    return get_last_checkpoint(str(ck)) if work.resumed and ck.is_dir() else None
+    if not (work.resumed and ck.is_dir()):
+        return None
+    steps = [p for p in ck.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    for p in sorted(steps, key=lambda q: int(q.name.rsplit("-", 1)[-1]), reverse=True):
+        if why := damaged_checkpoint(p):
+            log.warning(f"{work.stage.name}: {p} is damaged ({why}); resuming from the one before it, if any")
+            continue
+        return str(p)
+    if steps:
+        log.warning(f"{work.stage.name}: no whole checkpoint in {ck}: the stage starts over")
+    return None
+
+
+def damaged_checkpoint(path: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (None: it can): its state must parse, its safetensors
+    headers must cover their files, and its torch pickles (optimizer, scheduler, RNG) must be whole zip archives."""
+    import json
+    import zipfile
+
+    from safetensors import safe_open
+
+    state = path / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json: {e}"
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError on a cut file)
+            return f"{f.name}: {e}"
+    for f in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]):
+        if not zipfile.is_zipfile(f):
+            return f"{f.name}: not a whole torch file"
+    return None
 
 
 def check_trl_version() -> None:

@@ -28,7 +28,8 @@ import yaml
 from hhalign import logs
 from hhalign.artifacts import read_json, write_json
 from hhalign.config.files import load_config
-from hhalign.config.schema import RunConfig
+from hhalign.config.schema import RunConfig, check_plain_name
+from hhalign.engine.lock import command_line, owning
 from hhalign.engine.table import MANIFEST, STAGES, active
 from hhalign.errors import ConfigError
 from hhalign.multirun.compare import compare
@@ -146,6 +147,8 @@ def build(config: str, axes: list[Axis], seeds: list[int] | None, overrides: lis
     if not axes:
         raise ConfigError("hhalign sweep needs at least one --grid key=value1,value2 (or a grid: in a sweep file)")
     base = load_config(config, overrides=overrides, **top)
+    if name is not None:
+        check_plain_name(name, "sweep name", "--name")
     sweep = Sweep(Path(base.output_dir) / (name or f"{base.name}-sweep"), axes, seeds)
     for choice in itertools.product(*(a.values for a in axes)):
         grid = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
@@ -240,11 +243,11 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> int:
     write_json(sweep.dir / "sweep.json", {"axes": [a.__dict__ for a in sweep.axes], "seeds": sweep.seeds,
                                           "points": [{"name": p.name, "settings": p.settings, "seed": p.cfg.seed} for p in sweep.points]})
     executed: list[str] = []
-    with logs.to_file(sweep.dir / "sweep.log"):
+    with owning(sweep.dir, command_line()), logs.to_file(sweep.dir / "sweep.log"):  # its points and their shared stages
         for k, point in enumerate(sweep.points, 1):
             header = f"point {k}/{len(sweep.points)} {point.name}: "
             link_stages(sweep, point, keys_of(point))
-            with logs.to_file(point.run_dir / "run.log"):
+            with owning(point.run_dir, command_line()), logs.to_file(point.run_dir / "run.log"):
                 write_run_json(point.cfg, point.run_dir, None)
                 _tag(point)
                 if point.seeded:
