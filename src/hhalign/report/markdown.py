@@ -318,8 +318,8 @@ def treatments_table(report: Report) -> Table:
     rows = []
     for t in report.treatments:
         held = t["heldout"] or {}
-        same = [f"{k}/{n} ({100 * k / n:.0f}%)" if (k, n) != (None, None) and n else DASH
-                for k, n in (t["identical"].get(s, (None, None)) for s in PROMPT_SETS)]
+        counts = [t["identical"].get(s, (0, 0)) for s in PROMPT_SETS]  # (identical, answered) per prompt set
+        same = [f"{k}/{n} ({100 * k / n:.0f}%)" if n else DASH for k, n in counts]
         verdict = "no: " + "; ".join(t["doubts"]) if t["doubts"] else "yes"
         rows.append([label(t["variant"]), label(t["start"]), held.get("figure", DASH), held.get("text", DASH), *same, verdict])
     return Table(
