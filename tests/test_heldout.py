@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hhalign.models.loading import load_causal_lm
-from hhalign.models.training import dpo_figures, dpo_heldout, response_logps
+from hhalign.models.training import dpo_figures, dpo_heldout, pair_logps, response_logps
 from hhalign.stages.dpo import starts_at_zero
 
 
@@ -43,6 +43,21 @@ def test_response_logps_match_one_at_a_time(tiny_lm_dir: Path, hh_rows: list[dic
     assert [n for _, n in batched] == [len(tok(p + r)["input_ids"]) - len(tok(p)["input_ids"]) for p, r in zip(prompts, responses)]
     for (lp, _), want in zip(batched, _full_logps(model, tok, prompts, responses)):
         assert lp == pytest.approx(want, rel=1e-4, abs=1e-3)
+
+
+def test_pair_logps_equal_response_logps_of_each_side(tiny_lm_dir: Path, hh_rows: list[dict]) -> None:
+    """The prompt computed once (left-padded, cached) gives each response the log-prob of its own full pass."""
+    model, tok = load_causal_lm(str(tiny_lm_dir))
+    model.eval()
+    pairs = _pairs(hh_rows, 12)
+    prompts = [p["prompt"] for p in pairs]
+    chosen, rejected = pair_logps(model, tok, prompts, [p["chosen"] for p in pairs], [p["rejected"] for p in pairs], batch_size=5)
+    assert len({len(tok(p)["input_ids"]) for p in prompts}) > 3  # prompts of several lengths share a batch
+    for side, got in (("chosen", chosen), ("rejected", rejected)):
+        want = response_logps(model, tok, prompts, [p[side] for p in pairs], batch_size=5)
+        assert [n for _, n in got] == [n for _, n in want]
+        for (lp, _), (w, _) in zip(got, want):
+            assert lp == pytest.approx(w, rel=1e-4, abs=1e-3)
 
 
 def test_dpo_figures_of_known_margins() -> None:

@@ -51,6 +51,20 @@ def test_an_acting_treatment_has_no_caveat_and_shows_its_length_split() -> None:
     assert text.startswith("accuracy 0.80 [") and "1.00 on the 50 where chosen is shorter, 0.60 on the 50 where it is not" in text
 
 
+def test_a_treatment_that_learned_mostly_length_says_so() -> None:
+    """Held-out accuracy above 50% overall, at or below it where the chosen answer is the longer: acted, mostly by length."""
+    by_length = dpo_figures([0.2] * 90 + [-0.1] * 10 + [0.2] * 20 + [-0.1] * 30, [0.0] * 150, [True] * 100 + [False] * 50)
+    assert by_length["acts"] and by_length["accuracy_chosen_longer"]["accuracy"] == 0.4
+    data = {k: v for k, v in DATA.items() if k != "dpo"} | {"dpo": DATA["sft"]}
+    rows = treatments(data, {"sft": SFT_REPORT, "dpo": {"after": by_length}})
+    lines = caveats(rows)
+    assert lines == ["dpo acted, mostly by length: its held-out accuracy is 0.40 on the 50 pairs whose chosen answer is "
+                     "the longer: what it learned is mostly that shorter answers are preferred. Differences between it "
+                     "and base may be answer length more than harmlessness."]
+    assert next(r for r in rows if r["variant"] == "dpo")["doubts"] == []
+    assert treatments(data, {"sft": SFT_REPORT, "dpo": {"after": ACTED}})[1]["by_length"] is None  # 0.60 where longer
+
+
 def test_response_files_alone_raise_no_doubt_about_training() -> None:
     rows = treatments({k: v for k, v in DATA.items() if k != "dpo"}, {})
     assert [r["variant"] for r in rows] == ["sft"] and rows[0]["doubts"] == [] and rows[0]["heldout"] is None

@@ -283,6 +283,64 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
     return [out[i] for i in range(len(rows))]
 
 
+@torch.inference_mode()
+def pair_logps(model: Any, tok: Any, prompts: list[str], first: list[str], second: list[str], batch_size: int = 8,
+               bf16: bool = False) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+    """``response_logps`` of two responses to each prompt (a preference pair's chosen and rejected), the prompt
+    computed once: a batch of prompts, left-padded, fills a key/value cache that each response continues from (a
+    copy of it), so the prompt's tokens, most of a held-out pair's, are not computed twice. Same tokens as
+    ``response_logps`` (the response's are those of prompt + response after the prompt's), same precision.
+
+    Written here because neither TRL nor transformers scores several continuations of one cached prefix."""
+    import copy
+
+    device = next(model.parameters()).device
+    max_len = getattr(model.config, "max_position_embeddings", 2048)
+    rows = []
+    for prompt, a, b in zip(prompts, first, second):
+        p_ids = tok(prompt, verbose=False)["input_ids"]
+        conts = [tok(prompt + r, verbose=False)["input_ids"][len(p_ids):] for r in (a, b)]
+        drop = min(max(0, len(p_ids) + max(len(c) for c in conts) - max_len), len(p_ids) - 1)  # oldest prompt tokens go
+        rows.append((p_ids[drop:], conts))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    keep = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"  # transformers 5.2x renamed it
+    out: dict[int, list[tuple[float, int]]] = {}
+    for idx in _batches(order, batch_size):
+        batch = [rows[i] for i in idx]
+        width = max(len(p) for p, _ in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (p, _) in enumerate(batch):
+            ids[i, width - len(p):] = torch.tensor(p)
+            attn[i, width - len(p):] = 1
+        n_prompt = attn.sum(1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            done = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=True,
+                         position_ids=(attn.cumsum(1) - 1).clamp(min=0).to(device), **keep)
+        last = done.logits[:, -1].float()  # predicts each response's first token
+        for which in (0, 1):
+            conts = [c[which] for _, c in batch]
+            t = max(1, max(len(c) for c in conts))
+            cids = torch.full((len(batch), t), tok.pad_token_id, dtype=torch.long)
+            cmask = torch.zeros((len(batch), t), dtype=torch.long)
+            for i, c in enumerate(conts):
+                cids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+                cmask[i, : len(c)] = 1
+            pos = (n_prompt.unsqueeze(1) + torch.arange(t).unsqueeze(0)).clamp(max=max_len - 1)  # padding: masked
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=cids.to(device), attention_mask=torch.cat([attn, cmask], 1).to(device),
+                               position_ids=pos.to(device), use_cache=True,
+                               **{cache_arg: copy.deepcopy(getattr(done, cache_arg))}).logits[:, :-1].float()
+            logits = torch.cat([last.unsqueeze(1), logits], 1)  # (B, t, V): position j predicts response token j
+            logp = logits.gather(-1, cids.to(device).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            m = cmask.bool().to(device)
+            for i, j in enumerate(idx):
+                out.setdefault(j, [None, None])[which] = (float(logp[i][m[i]].sum()), int(m[i].sum()))
+    return [out[i][0] for i in range(len(rows))], [out[i][1] for i in range(len(rows))]
+
+
 def mean_nll(logps: list[tuple[float, int]]) -> float:
     """Per-token negative log-likelihood over all pairs: -sum(logp) / sum(tokens)."""
     total = sum(n for _, n in logps)
@@ -304,10 +362,10 @@ def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, 
     Written here because ``DPOTrainer.evaluate`` returns only batch means, which give no interval; the sigmoid
     DPO loss is recomputed from the same margins."""
     model.eval()
-    prompts = [r["prompt"] for r in pairs]
-    logps = {k: response_logps(model, tok, prompts, [r[k] for r in pairs], bf16=bf16) for k in ("chosen", "rejected")}
+    args = ([r["prompt"] for r in pairs], [r["chosen"] for r in pairs], [r["rejected"] for r in pairs])
+    logps = dict(zip(("chosen", "rejected"), pair_logps(model, tok, *args, bf16=bf16)))
     with model.disable_adapter():
-        ref = {k: response_logps(model, tok, prompts, [r[k] for r in pairs], bf16=bf16) for k in ("chosen", "rejected")}
+        ref = dict(zip(("chosen", "rejected"), pair_logps(model, tok, *args, bf16=bf16)))
     chosen = [beta * (a - b) for (a, _), (b, _) in zip(logps["chosen"], ref["chosen"])]
     rejected = [beta * (a - b) for (a, _), (b, _) in zip(logps["rejected"], ref["rejected"])]
     shorter = [nc < nr for (_, nc), (_, nr) in zip(logps["chosen"], logps["rejected"])]

@@ -320,7 +320,7 @@ def treatments_table(report: Report) -> Table:
         held = t["heldout"] or {}
         counts = [t["identical"].get(s, (0, 0)) for s in PROMPT_SETS]  # (identical, answered) per prompt set
         same = [f"{k}/{n} ({100 * k / n:.0f}%)" if n else DASH for k, n in counts]
-        verdict = "no: " + "; ".join(t["doubts"]) if t["doubts"] else "yes"
+        verdict = "no: " + "; ".join(t["doubts"]) if t["doubts"] else "yes, mostly by length" if t.get("by_length") else "yes"
         rows.append([label(t["variant"]), label(t["start"]), held.get("figure", DASH), held.get("text", DASH), *same, verdict])
     return Table(
         "Did each treatment act?",

@@ -81,11 +81,29 @@ def treatments(data: dict[str, dict[str, list[dict[str, Any]]]], reports: dict[s
         for s, (k, n) in same.items():
             if n and k / n >= IDENTICAL_FLAG:
                 doubts.append(f"{k} of its {n} {s} answers are word for word {label(start)}'s")
-        rows.append({"variant": variant, "start": start, "heldout": held, "identical": same, "doubts": doubts})
+        rows.append({"variant": variant, "start": start, "heldout": held, "identical": same, "doubts": doubts,
+                     "by_length": _mostly_length(reports.get(variant)) if held and held["acts"] else None})
     return rows
 
 
+def _mostly_length(report: dict[str, Any] | None) -> str | None:
+    """Why an acting DPO stage may have learned answer length more than the preference: a held-out accuracy at or
+    below 50% on the pairs whose chosen response is the longer one (None when it is above, or not measured)."""
+    long = ((report or {}).get("after") or {}).get("accuracy_chosen_longer") or {}
+    if long.get("accuracy") is None or long["accuracy"] > 0.5:
+        return None
+    return (f"its held-out accuracy is {long['accuracy']:.2f} on the {long['pairs']} pairs whose chosen answer is the "
+            "longer: what it learned is mostly that shorter answers are preferred")
+
+
 def caveats(rows: list[dict[str, Any]], label: Callable[[str], str] = str) -> list[str]:
-    """A line for each treatment with a reason to doubt that it acted."""
-    return [f"{label(r['variant'])} may not have acted: " + "; ".join(r["doubts"]) + f". Differences between it and "
-            f"{label(r['start'])} measure little." for r in rows if r["doubts"]]
+    """A line for each treatment with a reason to doubt that it acted, or that it acted on more than length."""
+    out = []
+    for r in rows:
+        if r["doubts"]:
+            out.append(f"{label(r['variant'])} may not have acted: " + "; ".join(r["doubts"]) + f". Differences between "
+                       f"it and {label(r['start'])} measure little.")
+        elif r.get("by_length"):
+            out.append(f"{label(r['variant'])} acted, mostly by length: {r['by_length']}. Differences between it and "
+                       f"{label(r['start'])} may be answer length more than harmlessness.")
+    return out
