@@ -210,3 +210,41 @@ def test_the_architecture_read_from_the_header_is_the_readers(source) -> None:
 
     _, _, path = source
     assert _architecture(path) == GGUFReader(str(path)).fields["general.architecture"].contents() == "llama"
+
+
+@pytest.mark.slow
+def test_a_conversion_killed_at_its_kill_points_converts_the_same_on_rerun(source, tmp_path: Path) -> None:
+    """SIGKILL just before the convert stage opens a file for writing or renames one into place (killpoints.py), at
+    its first, middle and last such moments: the stage run again gives the same files as an uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+
+    import killpoints
+
+    from hhalign.artifacts import read_json, sha256_file
+
+    _, _, path = source
+    config = tmp_path / "convert.yaml"
+    config.write_text(f"name: conv\noutput_dir: {tmp_path / 'runs'}\nmodel:\n  name_or_path: {path}\n")
+    run_dir, hook = tmp_path / "runs" / "conv", killpoints.install(tmp_path / "hook")
+    folder = run_dir / "00_convert"
+    cmd = [sys.executable, "-m", "hhalign", "convert", str(config)]
+    base = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def outputs() -> dict[str, str]:
+        return {f.relative_to(folder).as_posix(): sha256_file(f) for f in sorted(folder.rglob("*"))
+                if f.is_file() and not f.name.startswith(".") and f.name != "manifest.json"}
+
+    done = subprocess.run(cmd, env=killpoints.env(base, hook, run_dir, events=tmp_path / "events.tsv"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected, where = outputs(), killpoints.points(tmp_path / "events.tsv")[folder.name]
+    assert read_json(folder / "manifest.json")["outputs"] == [folder_name(path)] and len(where) >= 5
+    for at in killpoints.spread(len(where), 3):
+        (folder / "manifest.json").unlink()
+        killed = subprocess.run(cmd, env=killpoints.env(base, hook, run_dir, kill=f"{folder.name}:{at}"), capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, f"kill point {at} ({where[at - 1]}): not killed\n{killed.stderr[-2000:]}"
+        again = subprocess.run(cmd, env=base, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert outputs() == expected, f"kill point {at}/{len(where)} ({where[at - 1]})"
+        assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name], at

@@ -21,6 +21,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -55,6 +56,7 @@ import builtins, hashlib, importlib.abc, importlib.util, json, os, signal, sys
 _DIR = os.environ.get("HHALIGN_TEST_TRACE")
 _RUN = os.environ.get("HHALIGN_TEST_RUN", "")
 _KILL = os.environ.get("HHALIGN_TEST_KILL")  # "RANK:N": that rank SIGKILLs itself at its N-th generation batch
+_HOLD = os.environ.get("HHALIGN_TEST_HOLD")  # FILE: every rank writes FILE.rankR at its first generation batch and waits for FILE
 
 
 def _log(kind, **record):
@@ -81,13 +83,18 @@ def _patch_trainer(module):
 
 
 def _patch_generation(module):
+    import time
     original, calls = module._generate_batch, [0]
-    rank, n = _KILL.split(":")
+    rank, n = _KILL.split(":") if _KILL else (None, 0)
 
     def generate_batch(*args, **kwargs):
         calls[0] += 1
         if os.environ.get("RANK") == rank and calls[0] == int(n):
             os.kill(os.getpid(), signal.SIGKILL)
+        if _HOLD and calls[0] == 1:
+            _open(f"{_HOLD}.rank{os.environ.get('RANK')}", "w").close()
+            while not os.path.exists(_HOLD):
+                time.sleep(0.05)
         return original(*args, **kwargs)
 
     module._generate_batch = generate_batch
@@ -135,7 +142,7 @@ def _traced_replace(src, dst, *args, **kwargs):
 if _DIR:
     builtins.open, os.replace = _traced_open, _traced_replace
     patches = {"transformers.trainer": _patch_trainer}
-    if _KILL:
+    if _KILL or _HOLD:
         patches["hhalign.models.generation"] = _patch_generation
     sys.meta_path.insert(0, _Hook(patches))
 '''
@@ -186,15 +193,20 @@ class Setup:
 
     def launch(self, name: str, out: Path, argv: list[str], expect: int = 0, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
         """`accelerate launch` two processes of `hhalign ...argv` (or of a script: argv[0] ending .py)."""
+        cmd, env_, trace = self.command(name, out, argv, **env)
+        started = time.time()
+        proc = _run(cmd, env_, expect)
+        print(f"2-process {name}: {time.time() - started:.1f} s")
+        return proc, trace
+
+    def command(self, name: str, out: Path, argv: list[str], **env: str) -> tuple[list[str], dict[str, str], Path]:
+        """The `accelerate launch` command line of two processes, its environment and its trace folder."""
         trace = self.tmp / "trace" / name
         trace.mkdir(parents=True)
         target = argv if argv[0].endswith(".py") else ["-m", "hhalign", *argv]
-        started = time.time()
-        proc = _run([self.accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-                     *target], _env(self.tmp, trace, out, **env), expect)
-        print(f"2-process {name}: {time.time() - started:.1f} s")
-        return proc, trace
+        cmd = [self.accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *target]
+        return cmd, _env(self.tmp, trace, out, **env), trace
 
     def one(self, out: Path, *stages: str) -> None:
         """The stages in one process, one after another (one interpreter)."""
@@ -317,6 +329,50 @@ def test_a_killed_rank_stops_the_launch_and_the_run_resumes(launched: dict) -> N
         d = stage_dir(out / "tiny", stage)
         for p in sorted(stage_dir(launched["run"], stage).glob("*_*.json")):
             assert filecmp.cmp(p, d / p.name, shallow=False), f"{stage}/{p.name} differs after resuming"
+
+
+def test_a_second_launch_on_the_same_run_folder_is_refused_while_the_first_works(launched: dict) -> None:
+    """Two `accelerate launch` groups of two ranks on one run folder: the second one's ranks all stop with the
+    holder named (rank 0 of the first group), exit non-zero and touch nothing; the first finishes as if alone."""
+    setup = launched["setup"]
+    out = setup.tmp / "two-launches"
+    shutil.copytree(launched["run"], out / "tiny", symlinks=True, ignore=shutil.ignore_patterns(".hhalign.*"))
+    for stage in ("generate", "score", "metrics", "report"):
+        shutil.rmtree(stage_dir(out / "tiny", stage))
+    argv = ["run", "configs/tiny.yaml", "--data-dir", str(DATA), *_sets(out)]
+    hold = setup.tmp / "hold-first"
+    cmd, env, _ = setup.command("first", out, argv, HHALIGN_TEST_HOLD=str(hold))
+    log = setup.tmp / "first.log"  # a file, not a pipe: a held process must never block on a full pipe
+    with log.open("w") as fh:
+        first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while not Path(f"{hold}.rank0").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # polling for the condition: the first group holds the folder and waits inside generate
+        assert first.poll() is None, "the first launch ended before the second could start"
+        owner = json.loads((out / "tiny" / ".hhalign.owner.json").read_text())
+        working = {stage_dir("", st).name for st in ("generate", "score", "metrics", "report")}  # the first group's
+
+        def files() -> list[str]:
+            return sorted(p.relative_to(out).as_posix() for p in (out / "tiny").rglob("*") if not working & set(p.parts))
+
+        before = files()
+        second, _ = setup.launch("second", out, argv, expect=1)
+        assert f"tiny is in use by pid {owner['pid']}" in second.stderr, second.stderr[-3000:]
+        # each rank stops with exit 2 and a one-line error, or is stopped by torchrun (SIGTERM) once the other has
+        # exited; none dies in C++ (SIGABRT, before parallel.close); the only traceback is torchrun's own
+        codes = re.findall(r"exitcode  : (-?\d+)", second.stderr)
+        assert len(codes) == 2 and set(codes) <= {"2", "-15"} and "2" in codes, second.stderr[-3000:]
+        assert not [line for line in second.stderr.splitlines() if line.lstrip().startswith("File ") and "hhalign" in line]
+        assert files() == before, "the refused launch wrote something"
+        hold.touch()  # let the first group go on
+        first.wait(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, log.read_text()[-3000:]
+    for p in sorted(stage_dir(launched["run"], "score").glob("*_*.json")):
+        assert filecmp.cmp(p, stage_dir(out / "tiny", "score") / p.name, shallow=False), p.name
 
 
 def test_two_machines_that_disagree_on_the_config_stop_before_any_work(launched: dict) -> None:

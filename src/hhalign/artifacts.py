@@ -198,11 +198,15 @@ def stop_if_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def read_manifest(stage_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(stage_dir) / MANIFEST
-    if not p.is_file():
-        return None
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object written by hhalign (a manifest, a start or owner record), or None when it is missing, cut
+    short or not an object: such a record counts as absent, so a damaged one is never trusted."""
     try:
-        return read_json(p)
-    except (OSError, json.JSONDecodeError):
+        got = read_json(path) if Path(path).is_file() else None
+    except (OSError, ValueError):
         return None
+    return got if isinstance(got, dict) else None
+
+
+def read_manifest(stage_dir: str | Path) -> dict[str, Any] | None:
+    return read_record(Path(stage_dir) / MANIFEST)

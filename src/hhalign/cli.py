@@ -424,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' (read when it is imported)
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     catch_interrupts()
+    code = 1
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        return code
     except (Exception, KeyboardInterrupt) as e:
-        return errors.report(e, args.command)
+        code = errors.report(e, args.command)
+        return code
+    finally:
+        parallel.close(ok=code == 0)

@@ -53,6 +53,19 @@ def state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def close(ok: bool) -> None:
+    """Leave the launch's process group, if this process joined one (PyTorch asks for it before exit). Without
+    it, a gloo rank that exits while gloo's threads still run can die in C++ (``terminate called without an
+    active exception``, SIGABRT) instead of exiting with its own code. After a failure an NCCL group is left
+    alone: destroying it can wait on a collective that a stopped rank never joins, and the launcher stops it."""
+    if not launched():
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and (ok or dist.get_backend() == "gloo"):
+        state().destroy_process_group()
+
+
 def rank() -> int:
     return 0 if _alone or not launched() else state().process_index
 

@@ -113,6 +113,13 @@ def plan(cfg: RunConfig, run_dir: Path, shared: tuple[str, ...] = ()) -> list[St
     return steps
 
 
+def same_inputs(stage: Stage, cfg: RunConfig, run_dir: Path) -> bool:
+    """Whether a stage planned to re-run because an upstream stage re-runs is, now that it has, done as it is: the
+    upstream stage came out the same (a stage run again after a kill, a deleted output made again), so its
+    settings, inputs and outputs are those its manifest recorded (``decide``)."""
+    return decide(stage, cfg, Path(run_dir), inputs(stage, cfg, run_dir)).action == "skip"
+
+
 def chain_keys(cfg: RunConfig, run_dir: Path, fixed: dict[str, str] | None = None) -> dict[str, str]:
     """The key of each stage the config runs, known before anything runs: the hash of its settings, of its inputs
     from outside the run (data files, prompt files, models by path or hub id) and of its upstream stages' keys.
@@ -163,6 +170,9 @@ def execute(cfg: RunConfig, run_dir: Path, header: str = "", shared: tuple[str, 
         name = step.stage.name
         if step.action == "skip":
             log.info(f"[{k}/{n}] {name}: skipped, {step.reason}")
+            continue
+        if step.reason.startswith("upstream") and same_inputs(step.stage, cfg, run_dir):
+            log.info(f"[{k}/{n}] {name}: skipped, done; what it reads came out the same")
             continue
         log.info(f"[{k}/{n}] {name}: {step.action} ...")
         started = time.time()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign import parallel
-from hhalign.artifacts import read_json, write_json
+from hhalign.artifacts import read_record, write_json
 from hhalign.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,7 @@ def describe(owner: dict[str, Any] | None) -> str:
 
 
 def _owner(folder: Path) -> dict[str, Any] | None:
-    try:
-        got = read_json(folder / OWNER)
-    except (OSError, ValueError):
-        return None
-    return got if isinstance(got, dict) else None
+    return read_record(folder / OWNER)
 
 
 def _acquire(folder: Path, command: str) -> Any:

@@ -25,8 +25,8 @@ from hhalign import parallel, usage
 from hhalign.artifacts import (
     changed,
     git_commit,
-    read_json,
     read_manifest,
+    read_record,
     record,
     sha256_path,
     stop_if_interrupted,
@@ -127,7 +127,7 @@ def decide(stage: Stage, cfg: RunConfig, run_dir: Path, ins: dict[str, Input]) -
 
     manifest = read_manifest(d)
     if manifest is None:
-        if (_read(d / STARTED) or {}).get("key") == key:
+        if (read_record(d / STARTED) or {}).get("key") == key:
             return made("resume", "interrupted earlier")
         return made("run", "interrupted earlier with other settings or inputs: starts over" if d.exists() else "not done yet")
     changed = changed_settings(manifest.get("settings"), stage_settings)
@@ -192,13 +192,6 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: obj}
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return read_json(path) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------- running one stage

@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from hhalign import parallel
-from hhalign.artifacts import read_jsonl, stop_if_interrupted, write_json
+from hhalign.artifacts import read_json, read_jsonl, stop_if_interrupted, write_json
 from hhalign.config.files import checkpointing_default, library_class
 from hhalign.config.schema import TINY, RunConfig, TrainSection
 from hhalign.data.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
@@ -397,6 +397,17 @@ def dpo_figures(chosen: list[float], rejected: list[float], chosen_shorter: list
 # ----------------------------------------------------------------------------- finishing
 
 
+def _sort_adapter_targets(path: Path) -> None:
+    """PEFT keeps ``target_modules`` as a set and writes it in the order of this process's string hashing, so the
+    same adapter's config differs from run to run; written sorted, the same adapter is the same bytes."""
+    if not path.is_file():
+        return
+    config = read_json(path)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        write_json(path, config)
+
+
 def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
     """All ranks call save (FSDP/DeepSpeed gather); rank 0 renames the finished folder into place."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -405,6 +416,10 @@ def save_model_atomically(trainer: Any, tok: Any, target: Path) -> None:
     parallel.barrier(f"saving {target}")
     trainer.save_model(str(tmp))
     if parallel.is_main():
+        # the Trainer's pickled arguments hold this folder's paths and a process object: the model needs none of it
+        # (the manifest has the settings), and without them the same weights hash the same in any run folder
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        _sort_adapter_targets(tmp / "adapter_config.json")
         tok.save_pretrained(str(tmp))
         if target.exists():
             shutil.rmtree(target)
