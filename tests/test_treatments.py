@@ -91,3 +91,19 @@ def test_report_shows_the_treatments_table_and_the_caveat(tmp_path: Path) -> Non
 def test_a_training_record_without_a_held_out_figure_is_a_doubt() -> None:
     rows = treatments({"base": DATA["base"], "dpo": DATA["sft"]}, {"dpo": {"before": {}, "after": {}}})
     assert rows[0]["heldout"] is None and rows[0]["doubts"] == ["no held-out figure shows whether it acted"]
+
+
+def test_a_treatment_whose_interval_starts_a_hair_above_half_acted_at_the_edge() -> None:
+    """167 of 300 (the smol study's SFT+DPO): the interval starts at 0.5001; shown to 3 decimals, and said."""
+    from hhalign.stats.treatments import verdict
+
+    edge = dpo_figures([0.2] * 167 + [-0.1] * 133, [0.0] * 300)
+    assert edge["acts"] and 0.5 < edge["accuracy_interval"][0] < 0.501
+    data = {k: v for k, v in DATA.items() if k != "dpo"} | {"dpo": DATA["sft"]}
+    row = treatments(data, {"sft": SFT_REPORT, "dpo": {"after": edge}})[1]
+    assert row["heldout"]["text"].startswith("accuracy 0.56 [0.500, 0.61] on 300 pairs")
+    assert verdict(row) == "yes, at the edge"
+    assert caveats([row]) == ["dpo acted, at the edge (its held-out accuracy's 95% interval starts at 0.500, a hair above "
+                              "50%: another seed or machine may not show it acting). Differences between it and base "
+                              "measure little more than that."]
+    assert verdict(treatments(data, {"sft": SFT_REPORT, "dpo": {"after": ACTED}})[1]) == "yes"

@@ -232,6 +232,14 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
+def _logps_batch(device: torch.device) -> int:
+    """Rows per forward pass of the held-out log-probs. On a CPU, 2: each row's (tokens x vocabulary) float32
+    logits and their log-sum-exp are memory traffic, and small batches keep them in cache and pad less
+    (SmolLM2-135M, 2-core EPYC, 64 held-out pairs: ``pair_logps`` 15.6 s at 2 against 20.8 s at 8, 17.5 s at
+    3, 55 s at 32; ``response_logps`` 12.2 s against 19.1 s). On an accelerator, 8."""
+    return 2 if device.type == "cpu" else 8
+
+
 def _keeps_logits(model: Any) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; a PEFT wrapper passes it on)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -239,7 +247,7 @@ def _keeps_logits(model: Any) -> bool:
 
 
 @torch.inference_mode()
-def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], batch_size: int = 8,
+def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str], batch_size: int | None = None,
                    bf16: bool = False) -> list[tuple[float, int]]:
     """(sum of log p(response tokens | prompt), number of response tokens) for each pair, right-padded batches;
     ``bf16``: under bfloat16 autocast, as the trainer computed (its ``args.bf16``), the log-softmax in float32.
@@ -249,6 +257,7 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
     output layer and its log-softmax are a fifth of a small model's forward pass, more over a long prompt.
     """
     device = next(model.parameters()).device
+    batch_size = batch_size or _logps_batch(device)
     max_len = getattr(model.config, "max_position_embeddings", 2048)
     rows = []
     for prompt, response in zip(prompts, responses):
@@ -284,7 +293,7 @@ def response_logps(model: Any, tok: Any, prompts: list[str], responses: list[str
 
 
 @torch.inference_mode()
-def pair_logps(model: Any, tok: Any, prompts: list[str], first: list[str], second: list[str], batch_size: int = 8,
+def pair_logps(model: Any, tok: Any, prompts: list[str], first: list[str], second: list[str], batch_size: int | None = None,
                bf16: bool = False) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
     """``response_logps`` of two responses to each prompt (a preference pair's chosen and rejected), the prompt
     computed once: a batch of prompts, left-padded, fills a key/value cache that each response continues from (a
@@ -295,6 +304,7 @@ def pair_logps(model: Any, tok: Any, prompts: list[str], first: list[str], secon
     import copy
 
     device = next(model.parameters()).device
+    batch_size = batch_size or _logps_batch(device)
     max_len = getattr(model.config, "max_position_embeddings", 2048)
     rows = []
     for prompt, a, b in zip(prompts, first, second):

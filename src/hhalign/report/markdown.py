@@ -19,6 +19,7 @@ from typing import Any
 from hhalign.config.schema import PROMPT_SETS
 from hhalign.report.plots import RATES, SET_POSITIVE, label, variant_order
 from hhalign.stats.treatments import caveats as treatment_caveats
+from hhalign.stats.treatments import verdict
 
 DASH = "–"  # a missing value
 _MAX_KV_ROWS = 120  # cap on rows of a generic key/value table (data report, run settings)
@@ -320,8 +321,7 @@ def treatments_table(report: Report) -> Table:
         held = t["heldout"] or {}
         counts = [t["identical"].get(s, (0, 0)) for s in PROMPT_SETS]  # (identical, answered) per prompt set
         same = [f"{k}/{n} ({100 * k / n:.0f}%)" if n else DASH for k, n in counts]
-        verdict = "no: " + "; ".join(t["doubts"]) if t["doubts"] else "yes, mostly by length" if t.get("by_length") else "yes"
-        rows.append([label(t["variant"]), label(t["start"]), held.get("figure", DASH), held.get("text", DASH), *same, verdict])
+        rows.append([label(t["variant"]), label(t["start"]), held.get("figure", DASH), held.get("text", DASH), *same, verdict(t)])
     return Table(
         "Did each treatment act?",
         ["model", "started from", "held-out figure", "after training", *[f"answers identical to start ({s})" for s in PROMPT_SETS], "acted"],

@@ -16,6 +16,7 @@ from hhalign.config.schema import PROMPT_SETS
 
 START = {"sft": "base", "dpo": "base", "sft_dpo": "sft"}  # the model each treatment starts from
 IDENTICAL_FLAG = 0.5  # a treatment whose answers equal its start's on at least half the prompts is flagged
+EDGE = 0.51  # a DPO stage whose accuracy interval starts above 50% but below this acted "at the edge"
 
 
 def identical_share(mine: list[dict[str, Any]], start: list[dict[str, Any]]) -> tuple[int, int] | None:
@@ -42,11 +43,21 @@ def heldout(variant: str, report: dict[str, Any] | None) -> dict[str, Any] | Non
     if "accuracy_interval" not in after:
         return None
     low, high = after["accuracy_interval"]
+    acts = bool(after["acts"])
+    digits = 3 if round(low, 2) == 0.5 else 2  # an interval from 0.5004 must not read "[0.50, ...]"
     return {"figure": "held-out implicit-reward accuracy", "before": (report.get("before") or {}).get("implicit_reward_accuracy"),
-            "after": after["implicit_reward_accuracy"], "interval": [low, high], "acts": bool(after["acts"]),
-            "pairs": after["pairs"], "margin": after.get("implicit_reward_margin"),
-            "text": f"accuracy {after['implicit_reward_accuracy']:.2f} [{low:.2f}, {high:.2f}] on {after['pairs']} pairs, "
+            "after": after["implicit_reward_accuracy"], "interval": [low, high], "acts": acts,
+            "edge": acts and low < EDGE, "pairs": after["pairs"], "margin": after.get("implicit_reward_margin"),
+            "text": f"accuracy {after['implicit_reward_accuracy']:.2f} [{low:.{digits}f}, {high:.2f}] on {after['pairs']} pairs, "
                     f"margin {after.get('implicit_reward_margin', 0):.3f}" + _by_length(after)}
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """The Treatments table's "acted" cell: no (and why), or yes, at the edge and/or mostly by length."""
+    if row["doubts"]:
+        return "no: " + "; ".join(row["doubts"])
+    how = [w for w, on in (("at the edge", (row["heldout"] or {}).get("edge")), ("mostly by length", row.get("by_length"))) if on]
+    return "yes, " + " and ".join(how) if how else "yes"
 
 
 def _by_length(after: dict[str, Any]) -> str:
@@ -103,7 +114,12 @@ def caveats(rows: list[dict[str, Any]], label: Callable[[str], str] = str) -> li
         if r["doubts"]:
             out.append(f"{label(r['variant'])} may not have acted: " + "; ".join(r["doubts"]) + f". Differences between "
                        f"it and {label(r['start'])} measure little.")
-        elif r.get("by_length"):
-            out.append(f"{label(r['variant'])} acted, mostly by length: {r['by_length']}. Differences between it and "
-                       f"{label(r['start'])} may be answer length more than harmlessness.")
+        elif r.get("by_length") or (r["heldout"] or {}).get("edge"):
+            held = r["heldout"]
+            edge = (f"at the edge (its held-out accuracy's 95% interval starts at {held['interval'][0]:.3f}, a hair above "
+                    "50%: another seed or machine may not show it acting)") if held.get("edge") else ""
+            length = f"mostly by length: {r['by_length']}" if r.get("by_length") else ""
+            out.append(f"{label(r['variant'])} acted, {edge}{' and ' if edge and length else ''}{length}. Differences "
+                       f"between it and {label(r['start'])} " + ("may be answer length more than harmlessness."
+                                                                 if length else "measure little more than that."))
     return out
