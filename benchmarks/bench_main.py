@@ -3,6 +3,9 @@
     python benchmarks/bench_main.py                                  # hhalign run smol, in a fresh folder
     python benchmarks/bench_main.py --config tiny --set data.max_train_rows=64
     python benchmarks/bench_main.py --folder runs/smol               # the table of a finished run, nothing re-run
+    python benchmarks/bench_main.py --rev b3222ce --json before.json # the job as it was at that commit
+    python benchmarks/bench_main.py --json after.json                # ... and as it is, in the same session
+    python benchmarks/bench_main.py --compare before.json after.json # the two side by side, x faster per stage
 
 It runs ``hhalign run CONFIG --data-dir DATA --set output_dir=TMP`` as one child process (what the README's
 command does), then reads each stage's manifest: wall time, the training loop's own time (the Trainer's
@@ -10,6 +13,11 @@ train_runtime) and tokens per second where the stage counts tokens (SFT: the tok
 the new tokens), and the stage's CPU seconds (user, system), page faults and peak memory (``hhalign.usage``,
 recorded in every manifest). The last row is the whole process as the kernel counted it (``os.wait4``),
 imports and planning included. State the CPU with every figure: the script prints it first.
+
+``--rev REV`` runs the job as it was at git revision REV: that commit checked out into a temporary worktree (beside
+a link to this checkout's ``../shared``, so that its presets' relative paths resolve as here), run from there with
+its ``src`` first on PYTHONPATH: its stages, its presets, its defaults. A speed change is judged by a ``--rev``
+table and this tree's, measured one after the other on one machine, then ``--compare``d.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="run folder parent (default: a temporary folder, removed)")
     p.add_argument("--folder", type=Path, default=None, help="print the table of this finished run folder only")
     p.add_argument("--json", type=Path, default=None, help="also write the table here")
+    p.add_argument("--rev", default=None, help="run the job as it was at this git revision (a temporary worktree)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), default=None,
+                   help="print two tables saved with --json side by side, nothing run")
     return p.parse_args(argv)
 
 
@@ -85,32 +96,78 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare(before: dict, after: dict) -> str:
+    """Two saved tables (``--json``) side by side: wall and training seconds, peak memory, and how many times
+    faster each stage ran after; a stage only one side has shows blanks on the other."""
+    old = {r["stage"]: r for r in before["rows"]}
+    new = {r["stage"]: r for r in after["rows"]}
+    names = [r["stage"] for r in before["rows"]] + [r["stage"] for r in after["rows"] if r["stage"] not in old]
+
+    def num(row: dict | None, key: str, fmt: str) -> str:
+        return fmt.format(row[key]) if row and row.get(key) is not None else ""
+
+    lines = ["| stage | before: wall s | train s | peak GB | after: wall s | train s | peak GB | x faster |", "|" + "---|" * 8]
+    for name in names:
+        b, a = old.get(name), new.get(name)
+        ratio = f"{b['wall_s'] / a['wall_s']:.2f}" if b and a and b.get("wall_s") and a.get("wall_s") else ""
+        lines.append(f"| {name} | {num(b, 'wall_s', '{:.0f}')} | {num(b, 'train_s', '{:.0f}')} | {num(b, 'peak_rss_gb', '{:.2f}')} "
+                     f"| {num(a, 'wall_s', '{:.0f}')} | {num(a, 'train_s', '{:.0f}')} | {num(a, 'peak_rss_gb', '{:.2f}')} | {ratio} |")
+    machines = {before.get("machine"), after.get("machine")}
+    if len(machines) > 1:
+        lines.append(f"\n! measured on different machines ({' / '.join(map(str, machines))}): the ratio compares machines too")
+    return "\n".join(lines)
+
+
+def run_job(args: argparse.Namespace, out: Path, tree: Path = REPO) -> dict:
+    """``hhalign run`` from ``tree`` (this checkout, or another revision's worktree) into ``out``; the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "hhalign", "run", args.config, "--data-dir", str(args.data_dir.resolve()),
+           "--set", f"output_dir={out.resolve()}", *[a for s in args.set for a in ("--set", s)]]
+    env = dict(os.environ)
+    if tree != REPO:  # that revision's package first: its stages; and its preset, named by path, since an editable
+        # install maps hhalign.configs to this checkout's configs/ whatever comes first on PYTHONPATH
+        preset = tree / "configs" / f"{args.config}.yaml"
+        cmd[4] = str(preset) if preset.is_file() else cmd[4]
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    print("running:", " ".join(cmd[1:]), f"(at {args.rev})" if tree != REPO else "", flush=True)
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=tree, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - started
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"hhalign run failed (exit {os.waitstatus_to_exitcode(status)})")
+    run = next(p for p in out.iterdir() if p.is_dir() and (p / "run.json").is_file())
+    rows = stage_rows(run)
+    # the kernel's ru_maxrss follows the high-water mark that hhalign.usage resets at each stage: take the stages' peaks too
+    peak = max([usage.ru_maxrss / 2**20, *(r.get("peak_rss_gb") or 0 for r in rows)])
+    rows.append({"stage": "whole process", "wall_s": wall, "peak_rss_gb": peak, "user_s": usage.ru_utime,
+                 "system_s": usage.ru_stime, "minor_faults": usage.ru_minflt, "major_faults": usage.ru_majflt})
+    return {"machine": cpu(), "config": args.config, "set": args.set, "rev": args.rev, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.compare:
+        print(compare(*(json.loads(p.read_text()) for p in args.compare)))
+        return
     print(f"machine: {cpu()}; python {platform.python_version()}")
     if args.folder:
         print(table(stage_rows(args.folder)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        out = args.out or Path(tmp)
-        cmd = [sys.executable, "-m", "hhalign", "run", args.config, "--data-dir", str(args.data_dir),
-               "--set", f"output_dir={out}", *[a for s in args.set for a in ("--set", s)]]
-        print("running:", " ".join(cmd[1:]))
-        started = time.time()
-        proc = subprocess.Popen(cmd, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.time() - started
-        if os.waitstatus_to_exitcode(status):
-            raise SystemExit(f"hhalign run failed (exit {os.waitstatus_to_exitcode(status)})")
-        run = next(p for p in out.iterdir() if p.is_dir() and (p / "run.json").is_file())
-        rows = stage_rows(run)
-        # the kernel's ru_maxrss follows the high-water mark that hhalign.usage resets at each stage: take the stages' peaks too
-        peak = max([usage.ru_maxrss / 2**20, *(r.get("peak_rss_gb") or 0 for r in rows)])
-        rows.append({"stage": "whole process", "wall_s": wall, "peak_rss_gb": peak, "user_s": usage.ru_utime,
-                     "system_s": usage.ru_stime, "minor_faults": usage.ru_minflt, "major_faults": usage.ru_majflt})
-        print(table(rows))
+        out, tree = args.out or Path(tmp) / "runs", REPO
+        if args.rev:
+            tree = Path(tmp) / "checkout"
+            (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")  # the presets say ../shared/...
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), args.rev], check=True)
+        try:
+            result = run_job(args, out, tree)
+        finally:
+            if args.rev:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+        print(table(result["rows"]))
         if args.json:
-            args.json.write_text(json.dumps({"machine": cpu(), "config": args.config, "set": args.set, "rows": rows}, indent=2))
+            args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
