@@ -159,8 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.rev:
             tree = Path(tmp) / "checkout"
             (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")  # the presets say ../shared/...
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), args.rev], check=True)
-        try:
+            added = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), args.rev],
+                                   capture_output=True, text=True)
+            if added.returncode:
+                raise SystemExit(f"bench_main: cannot check out --rev {args.rev}: {added.stderr.strip().splitlines()[-1]}")
+        try:  # the worktree goes whatever happens: git would otherwise keep a stale entry for it
             result = run_job(args, out, tree)
         finally:
             if args.rev:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_main.py"
 
 
@@ -52,3 +54,15 @@ def test_compare_from_the_command_line_reads_two_saved_tables(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), "--compare", str(tmp_path / "b.json"), str(tmp_path / "a.json")],
                          capture_output=True, text=True, check=True).stdout
     assert "| sft | 259 | 198 | 5.97 | 97 | 79 | 5.60 | 2.67 |" in out
+
+
+def test_a_revision_that_does_not_exist_is_one_line_and_leaves_no_worktree():
+    if subprocess.run(["git", "-C", str(SCRIPT.parents[1]), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    before = subprocess.run(["git", "-C", str(SCRIPT.parents[1]), "worktree", "list"], capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, str(SCRIPT), "--rev", "no-such-revision-0123"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("bench_main: cannot check out --rev no-such-revision-0123: ")
+    assert "Traceback" not in done.stderr
+    after = subprocess.run(["git", "-C", str(SCRIPT.parents[1]), "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == before
