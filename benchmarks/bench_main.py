@@ -121,14 +121,14 @@ def compare(before: dict, after: dict) -> str:
 def run_job(args: argparse.Namespace, out: Path, tree: Path = REPO) -> dict:
     """``hhalign run`` from ``tree`` (this checkout, or another revision's worktree) into ``out``; the table."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "hhalign", "run", args.config, "--data-dir", str(args.data_dir.resolve()),
-           "--set", f"output_dir={out.resolve()}", *[a for s in args.set for a in ("--set", s)]]
-    env = dict(os.environ)
+    config, env = args.config, dict(os.environ)
     if tree != REPO:  # that revision's package first: its stages; and its preset, named by path, since an editable
         # install maps hhalign.configs to this checkout's configs/ whatever comes first on PYTHONPATH
         preset = tree / "configs" / f"{args.config}.yaml"
-        cmd[4] = str(preset) if preset.is_file() else cmd[4]
+        config = str(preset) if preset.is_file() else config
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "hhalign", "run", config, "--data-dir", str(args.data_dir.resolve()),
+           "--set", f"output_dir={out.resolve()}", *[a for s in args.set for a in ("--set", s)]]
     print("running:", " ".join(cmd[1:]), f"(at {args.rev})" if tree != REPO else "", flush=True)
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=tree, env=env)
