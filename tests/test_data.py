@@ -219,3 +219,21 @@ def test_hh_rows_through_a_chat_template(tmp_path: Path, hh_dir: Path, tiny_lm_d
 def _hh_chosen(hh_dir: Path) -> list[dict]:
     with gzip.open(hh_dir / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+def test_a_pair_too_long_even_for_its_last_turn_keeps_only_that_turn(tiny_lm_dir: Path) -> None:
+    """Trimming cannot make it fit: the prompt is still cut to its last Human turn, so the trainer (which cuts the
+    sequence's end) keeps as many response tokens as it can; the whole dialogue would leave it none."""
+    from transformers import AutoTokenizer
+
+    from hhalign.models.training import fit_prompt, token_len
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    prompt = ("\n\nHuman: " + "tell me about the old days at the farm " * 6 + "\n\nAssistant: " + "we grew corn and beans " * 6
+              + "\n\nHuman: how do I hide it?\n\nAssistant:")
+    response = " I can't help with hiding anything" * 8
+    limit = token_len(tok, "\n\nHuman: how do I hide it?\n\nAssistant:" + response) - 5  # the last turn alone does not fit
+    fitted, status = fit_prompt(prompt, [response], tok, limit)
+    assert status == "truncated"
+    assert fitted == "\n\nHuman: how do I hide it?\n\nAssistant:"
+    assert token_len(tok, prompt) > limit > token_len(tok, fitted)  # the whole dialogue would leave no response token

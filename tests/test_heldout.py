@@ -100,3 +100,28 @@ def test_dpo_heldout_matches_trl_evaluate(tiny_lm_dir: Path, hh_rows: list[dict]
     assert ours["implicit_reward_margin"] != 0.0
     assert ours["implicit_reward_margin"] == pytest.approx(trl["eval_rewards/margins"], rel=0.2, abs=0.01)
     assert abs(ours["implicit_reward_accuracy"] - trl["eval_rewards/accuracies"]) <= 2 / len(pairs)
+
+
+def test_dpo_heldout_against_a_reference_model_of_its_own(tiny_lm_dir: Path, hh_rows: list[dict]) -> None:
+    """The stage checks the merged model it saved against the model it started from: the same figures (float32) as
+    the trainer's LoRA model with its adapter disabled for the reference."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_causal_lm(str(tiny_lm_dir))
+    policy = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    pairs = _pairs(hh_rows, 12)
+    lora = dpo_heldout(policy, tok, pairs, beta=0.1)
+    merged = policy.merge_and_unload()
+    start, _ = load_causal_lm(str(tiny_lm_dir))
+    separate = dpo_heldout(merged, tok, pairs, beta=0.1, ref=start)
+    assert lora["implicit_reward_margin"] != 0.0
+    for key in ("implicit_reward_margin", "chosen_reward", "rejected_reward", "loss"):
+        assert separate[key] == pytest.approx(lora[key], rel=1e-4, abs=1e-6)
+    assert separate["implicit_reward_accuracy"] == lora["implicit_reward_accuracy"]
+    same = dpo_heldout(start, tok, pairs, beta=0.1, ref=start)  # the reference against itself: every margin 0
+    assert same["implicit_reward_margin"] == 0.0 and same["implicit_reward_accuracy"] == 0.0

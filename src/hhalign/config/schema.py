@@ -130,6 +130,7 @@ class TrainSection:
 
     args: dict[str, Any] = field(default_factory=dict)
     heldout_pairs: int | None = _f(None, "held-out pairs for the stage's before/after figures (null: all of data.heldout_rows)")
+    attention: str = _f("auto", "attention the stage trains and measures its held-out figures with (a transformers attn_implementation: eager, sdpa, flash_attention_2, ...); auto: eager on a CPU, where these short sequences train 9-13% faster with it than with sdpa (docs/performance.md), the library's default on a GPU")
 
     def __post_init__(self) -> None:
         if self.heldout_pairs is not None and self.heldout_pairs < 1:

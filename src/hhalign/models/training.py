@@ -86,6 +86,26 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def set_attention(model: Any, section: TrainSection, key: str) -> str:
+    """Apply ``<key>.attention`` to a model before training; returns the implementation it computes with.
+
+    ``auto`` picks eager on a CPU: for the sequences these stages train on (128-256 tokens) PyTorch's CPU
+    scaled-dot-product kernel costs more than plain matrix products (2-core EPYC, 4 steps each: SFT 36.9 -> 32.5 s,
+    DPO 33.6 -> 29.3 s, the MiniLM judge 28.7 -> 26.0 s, the DPO held-out check 20.4 -> 14.7 s per 64 pairs).
+    Generation is not affected (it loads its own model and keeps the library default: eager decodes slower there)."""
+    impl = section.attention
+    if impl == "auto":
+        if on_gpu():
+            return str(model.config._attn_implementation)
+        impl = "eager"
+    try:
+        model.set_attn_implementation(impl)
+    except (ImportError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"{key}.attention={impl!r} cannot be used here: {first} (auto, eager or sdpa work everywhere)") from e
+    return str(model.config._attn_implementation)
+
+
 def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixed: Any) -> Any:
     """The stage's TRL config: the section's pass-through fields, hhalign's per-stage settings, and
     precision that follows the hardware unless the config sets it."""
@@ -185,7 +205,9 @@ def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | No
     ``turns`` (a chat-template row's prompt turns, from the data stage) re-render the shorter prompt through
     the tokenizer's chat template; otherwise ``prompt`` is HH text and is cut at its Human turns.
     Returns (prompt, status): "fits", "trimmed" (older turns dropped), or "truncated" (even the last turn
-    and the response do not fit, so the trainer will cut response tokens).
+    and the response do not fit, so the trainer will cut response tokens: the prompt is then its last turn, which
+    leaves the response the most room; a whole long dialogue would leave it none, and TRL drops a row with no
+    response token left).
     """
     if max_length is None:
         return prompt, "fits"
@@ -197,13 +219,17 @@ def fit_prompt(prompt: str, responses: list[str], tok: Any, max_length: int | No
     else:
         messages = [{"role": m.role, "content": m.content} for m in parse_hh_dialogue(prompt.removesuffix(ASSISTANT))]
         render = lambda ms: render_hh([Message(m["role"], m["content"]) for m in ms]) + ASSISTANT  # noqa: E731
+    shortest = prompt
     while len(messages) > 1:
         messages = messages[1:]
         while messages and messages[0]["role"] != "user":  # start at a user (Human) turn
             messages = messages[1:]
-        if messages and token_len(tok, (trimmed := render(messages)) + longest) <= max_length:
-            return trimmed, "trimmed"
-    return prompt, "truncated"
+        if not messages:
+            break
+        shortest = render(messages)
+        if token_len(tok, shortest + longest) <= max_length:
+            return shortest, "trimmed"
+    return shortest, "truncated"
 
 
 def fit_rows(rows: list[dict[str, Any]], tok: Any, max_length: int | None, keep: bool, keys: tuple[str, ...]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -363,19 +389,27 @@ def heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]], bf16: bool 
     return mean_nll(response_logps(model, tok, [r["prompt"] for r in heldout], [r["chosen"] for r in heldout], bf16=bf16))
 
 
-def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, bf16: bool = False) -> dict[str, Any]:
-    """Held-out DPO figures, pair by pair: implicit reward r(y) = beta * (log pi(y|x) - log pi_ref(y|x)) with the
-    reference the same weights with the LoRA adapter disabled (peft's ``disable_adapter``), margin
+def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, bf16: bool = False,
+                ref: Any = None) -> dict[str, Any]:
+    """Held-out DPO figures, pair by pair: implicit reward r(y) = beta * (log pi(y|x) - log pi_ref(y|x)), margin
     r(chosen) - r(rejected); accuracy is the share of pairs with margin > 0 (a tie counts as wrong, as in TRL),
     with its Wilson 95% interval, and ``acts`` says whether that interval lies above 50%.
+
+    ``ref``: the reference as a model of its own (``model`` is then the policy, e.g. the merged model the stage
+    saves); without it the reference is ``model`` with its LoRA adapter disabled (peft's ``disable_adapter``).
 
     Written here because ``DPOTrainer.evaluate`` returns only batch means, which give no interval; the sigmoid
     DPO loss is recomputed from the same margins."""
     model.eval()
     args = ([r["prompt"] for r in pairs], [r["chosen"] for r in pairs], [r["rejected"] for r in pairs])
     logps = dict(zip(("chosen", "rejected"), pair_logps(model, tok, *args, bf16=bf16)))
-    with model.disable_adapter():
-        ref = dict(zip(("chosen", "rejected"), pair_logps(model, tok, *args, bf16=bf16)))
+    if ref is None:
+        with model.disable_adapter():
+            ref_logps = pair_logps(model, tok, *args, bf16=bf16)
+    else:
+        ref.eval()
+        ref_logps = pair_logps(ref, tok, *args, bf16=bf16)
+    ref = dict(zip(("chosen", "rejected"), ref_logps))
     chosen = [beta * (a - b) for (a, _), (b, _) in zip(logps["chosen"], ref["chosen"])]
     rejected = [beta * (a - b) for (a, _), (b, _) in zip(logps["rejected"], ref["rejected"])]
     shorter = [nc < nr for (_, nc), (_, nr) in zip(logps["chosen"], logps["rejected"])]

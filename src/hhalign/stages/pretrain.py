@@ -25,6 +25,7 @@ from hhalign.models.training import (
     load_rows,
     pair_inputs,
     save_model_atomically,
+    set_attention,
     trl_args,
 )
 
@@ -46,8 +47,9 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     tok = train_tokenizer(texts, vocab_size=cfg.model.tiny.vocab_size)
     tok.model_max_length = cfg.model.tiny.max_positions
     model = build_tiny_causal_lm(tok, cfg.model.tiny, seed=cfg.seed)
+    attention = set_attention(model, cfg.pretrain, "pretrain")
     before = heldout_nll(model, tok, heldout)
-    report: dict[str, Any] = {"stage": "pretrain", "params": sum(p.numel() for p in model.parameters()),
+    report: dict[str, Any] = {"stage": "pretrain", "params": sum(p.numel() for p in model.parameters()), "attention": attention,
                               "texts": len(texts), "heldout_pairs": len(heldout)}
     # --- train
     trainer = None

@@ -31,6 +31,7 @@ from hhalign.models.training import (
     load_rows,
     pair_inputs,
     save_model_atomically,
+    set_attention,
     trl_args,
 )
 
@@ -65,7 +66,10 @@ def _encode(tok: Any, rows: list[dict[str, Any]], max_length: int) -> Dataset:
         return tok(prompt, response, truncation=True, max_length=max_length)["input_ids"]
 
     views = [judge_view(r) for r in rows]
-    return Dataset.from_dict({"chosen_ids": [ids(p, c) for p, c, _ in views], "rejected_ids": [ids(p, r) for p, _, r in views]})
+    chosen, rejected = [ids(p, c) for p, c, _ in views], [ids(p, r) for p, _, r in views]
+    # "length": what a step pads its batch's pairs to, for rm.train_sampling_strategy: group_by_length
+    return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected,
+                              "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected)]})
 
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
@@ -74,16 +78,20 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     work = begin_training("rm", cfg, run_dir, inputs(cfg, run_dir), resume)
     rows, heldout = load_rows(work, "prefs"), load_rows(work, "heldout", cfg.rm)
     model, tok = _build(cfg, rows, work)
+    attention = set_attention(model, cfg.rm, "rm")
     max_length = cfg.rm.args.get("max_length") or tok.model_max_length
     before = pairwise_accuracy(model, tok, heldout)
     model.train()
-    trainer = RewardTrainer(model=model, args=trl_args("rm", cfg.rm, work.dir, cfg.seed), train_dataset=_encode(tok, rows, max_length),
+    # remove_unused_columns=False: the Trainer would drop "length" before its length-grouped sampler reads it; TRL's
+    # collator reads only the pairs' ids
+    args = trl_args("rm", cfg.rm, work.dir, cfg.seed, remove_unused_columns=False)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=_encode(tok, rows, max_length),
                             processing_class=tok, callbacks=[StopOnInterrupt()])
     trainer.train(resume_from_checkpoint=last_checkpoint(work))
     save_model_atomically(trainer, tok, work.dir / "model")
     model.eval()
     after = pairwise_accuracy(model, tok, heldout)
-    report = {"stage": "rm", "backbone": cfg.rm.model, "train_pairs": len(rows), "heldout_pairs": len(heldout),
+    report = {"stage": "rm", "backbone": cfg.rm.model, "attention": attention, "train_pairs": len(rows), "heldout_pairs": len(heldout),
               "before": before, "after": after,
               "summary": f"rm: held-out pairwise accuracy {before['pairwise_accuracy']:.3f} -> {after['pairwise_accuracy']:.3f}"}
     log.info(report["summary"])

@@ -30,6 +30,7 @@ from hhalign.models.training import (
     pair_inputs,
     rows_reached,
     save_model_atomically,
+    set_attention,
     trl_args,
 )
 
@@ -62,6 +63,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     source = work.inputs["start"].ref
     rows, heldout = rows_reached(load_rows(work, "prefs"), cfg.sft), load_rows(work, "heldout", cfg.sft)
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
+    attention = set_attention(model, cfg.sft, "sft")
     check_padding_free(model, cfg.sft.args)
     max_length = cfg.sft.args.get("max_length", 1024)
     rows, lengths = fit_rows(rows, tok, max_length, keep=True, keys=("chosen",))
@@ -82,7 +84,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     # --- report
     after = heldout_nll(model, tok, heldout, bf16=args.bf16)
     report = {
-        "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "train_pairs": len(rows), "heldout_pairs": len(heldout),
+        "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "attention": attention, "train_pairs": len(rows), "heldout_pairs": len(heldout),
         "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after},
         "summary": f"sft: held-out NLL of chosen responses {before:.3f} -> {after:.3f}; "
                    f"{lengths['prompt_trimmed']} prompts trimmed to keep responses whole, {lengths['still_truncated']} still truncated",
