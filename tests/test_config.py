@@ -46,6 +46,17 @@ def test_paper_preset_has_the_studys_settings() -> None:
     assert (cfg.generate.max_new_tokens, cfg.generate.protocol) == (50, "paper")
 
 
+def test_a_float_in_exponent_form_is_a_float() -> None:
+    """PyYAML reads 1e-3 (no dot) as a string; a float setting takes it as the number it means."""
+    cfg = load_config(CONFIGS[-1], overrides=["dpo.learning_rate=1e-3", "dpo.beta=5E-2", "metrics.harmful_threshold=-2e0"])
+    assert cfg.dpo.args["learning_rate"] == 0.001 and cfg.dpo.args["beta"] == 0.05
+    assert cfg.metrics.harmful_threshold == -2.0
+    with pytest.raises(ConfigError, match="'dpo.beta' must be float"):
+        load_config(CONFIGS[-1], overrides=["dpo.beta=1e-3x"])
+    with pytest.raises(ConfigError, match="'dpo.learning_rate' is -0.001; it must be > 0.0"):
+        load_config(CONFIGS[-1], overrides=["dpo.learning_rate=-1e-3"])
+
+
 def test_overrides_apply_with_types() -> None:
     cfg = load_config(CONFIGS[-1], overrides=["dpo.beta=0.2", "dpo.lora.r=16", "generate.protocol=chat", "variants=[base,dpo]"])
     assert cfg.dpo.args["beta"] == 0.2 and cfg.dpo.lora.args["r"] == 16

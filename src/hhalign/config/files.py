@@ -46,6 +46,7 @@ _BOUNDS = {
     "lora_dropout": (0.0, False), "max_length": (1, False), "warmup_steps": (0, False), "weight_decay": (0.0, False),
 }
 _SIMPLE = (int, float, bool, str)
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -192,6 +193,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-3 as a string: it wants 1.0e-3
     if tp is bool and isinstance(value, bool):
         return value
     if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
@@ -241,7 +244,7 @@ def _check_passthrough(section: str, args: dict[str, Any]) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in args.items():
         if _is_simple(hints.get(key)):
-            args[key] = _coerce(value, hints[key], f"{section}.{key}")
+            args[key] = value = _coerce(value, hints[key], f"{section}.{key}")
         if key in _BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
             low, strict = _BOUNDS[key]
             if value < low or (strict and value == low):
