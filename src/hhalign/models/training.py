@@ -409,9 +409,9 @@ def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, 
     else:
         ref.eval()
         ref_logps = pair_logps(ref, tok, *args, bf16=bf16)
-    ref = dict(zip(("chosen", "rejected"), ref_logps))
-    chosen = [beta * (a - b) for (a, _), (b, _) in zip(logps["chosen"], ref["chosen"])]
-    rejected = [beta * (a - b) for (a, _), (b, _) in zip(logps["rejected"], ref["rejected"])]
+    base = dict(zip(("chosen", "rejected"), ref_logps))
+    chosen = [beta * (a - b) for (a, _), (b, _) in zip(logps["chosen"], base["chosen"])]
+    rejected = [beta * (a - b) for (a, _), (b, _) in zip(logps["rejected"], base["rejected"])]
     shorter = [nc < nr for (_, nc), (_, nr) in zip(logps["chosen"], logps["rejected"])]
     return dpo_figures(chosen, rejected, shorter)
 
