@@ -125,3 +125,56 @@ def test_dpo_heldout_against_a_reference_model_of_its_own(tiny_lm_dir: Path, hh_
     assert separate["implicit_reward_accuracy"] == lora["implicit_reward_accuracy"]
     same = dpo_heldout(start, tok, pairs, beta=0.1, ref=start)  # the reference against itself: every margin 0
     assert same["implicit_reward_margin"] == 0.0 and same["implicit_reward_accuracy"] == 0.0
+
+
+def _dpo_trainer(tiny_lm_dir: Path, hh_rows: list[dict], tmp_path: Path, bf16: bool):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    model, tok = load_causal_lm(str(tiny_lm_dir))
+    pairs = _pairs(hh_rows, 4)
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=bf16, max_length=None)
+    ds = Dataset.from_dict({k: [p[k] for p in pairs] for k in ("prompt", "chosen", "rejected")})
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in trainer.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    return trainer, tok, pairs
+
+
+def test_frozen_weights_stored_in_bfloat16_give_the_same_products(tiny_lm_dir: Path, hh_rows: list[dict], tmp_path: Path) -> None:
+    """Under bfloat16 autocast the LoRA layers' frozen base weights are stored in bfloat16: the policy's and the
+    reference's (adapter disabled) logits are bit for bit those of float32 weights cast by autocast."""
+    from hhalign.models.training import frozen_to_bf16
+
+    trainer, tok, pairs = _dpo_trainer(tiny_lm_dir, hh_rows, tmp_path, bf16=True)
+    policy = trainer.model
+    ids = tok([p["prompt"] + p["chosen"] for p in pairs[:2]], return_tensors="pt", padding=True)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            own = policy(**ids).logits
+            with policy.disable_adapter():
+                ref = policy(**ids).logits
+        return own, ref
+
+    before = logits()
+    assert frozen_to_bf16(trainer) == 2 * 3  # 2 layers x (q_proj, v_proj, fc1)
+    after = logits()
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert not torch.equal(before[0], before[1])  # the adapter changes the policy: the comparison means something
+    dtypes = {n: p.dtype for n, p in policy.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n or "layer_norm" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "base_layer" in n)
+
+
+def test_frozen_weights_kept_in_float32_without_bfloat16(tiny_lm_dir: Path, hh_rows: list[dict], tmp_path: Path) -> None:
+    from hhalign.models.training import frozen_to_bf16
+
+    trainer, _, _ = _dpo_trainer(tiny_lm_dir, hh_rows, tmp_path, bf16=False)
+    assert frozen_to_bf16(trainer) == 0
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}

@@ -106,6 +106,30 @@ def set_attention(model: Any, section: TrainSection, key: str) -> str:
     return str(model.config._attn_implementation)
 
 
+def frozen_to_bf16(trainer: Any) -> int:
+    """Store the frozen weights of the LoRA layers' base linear layers in bfloat16 when the trainer computes in
+    bfloat16 autocast; returns how many layers (0 when it does not apply).
+
+    Autocast keeps its bfloat16 copy only of a weight that requires grad, and only for one forward pass; a frozen
+    float32 weight is cast again in every pass, the policy's and the reference's (adapter disabled). Stored in
+    bfloat16 it is the very tensor autocast would make (round to nearest even), so every product is the same; the
+    adapters stay float32 (peft's ``autocast_adapter_dtype``), and the embeddings and norms keep float32. Written
+    here because neither peft nor the Trainer offers it. SmolLM2-135M, DPO 8 steps x 4 pairs, 2-core EPYC:
+    29.0 s -> 25.4 s, the same loss. Not under FSDP or DeepSpeed, which flatten parameters of one dtype."""
+    from accelerate.utils import DistributedType
+    from peft.tuners.lora import LoraLayer
+
+    if not trainer.args.bf16 or trainer.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return 0
+    n = 0
+    for module in trainer.accelerator.unwrap_model(trainer.model).modules():
+        base = module.get_base_layer() if isinstance(module, LoraLayer) else None
+        if isinstance(base, torch.nn.Linear) and not any(p.requires_grad for p in base.parameters()):
+            base.to(torch.bfloat16)
+            n += 1
+    return n
+
+
 def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixed: Any) -> Any:
     """The stage's TRL config: the section's pass-through fields, hhalign's per-stage settings, and
     precision that follows the hardware unless the config sets it."""

@@ -36,6 +36,7 @@ from hhalign.models.training import (
     dpo_heldout,
     finish_training,
     fit_rows,
+    frozen_to_bf16,
     last_checkpoint,
     load_rows,
     pair_inputs,
@@ -112,6 +113,7 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resu
     trainer = DPOTrainer(model=model, args=trl_args(stage, cfg.dpo, work.dir, cfg.seed), train_dataset=_pairs(rows),
                          eval_dataset=_pairs(heldout) if heldout and evaluates else None, processing_class=tok,
                          peft_config=lora, callbacks=[StopOnInterrupt()])
+    frozen_bf16 = frozen_to_bf16(trainer)  # the same products, without autocast casting them in every pass
     policy = trainer.accelerator.unwrap_model(trainer.model)
     lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}  # small: r x width
     if not heldout:
@@ -131,7 +133,7 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resu
     # --- report
     report = {
         "stage": stage, "from": source, "train_pairs": len(rows), "heldout_pairs": len(heldout),
-        "beta": beta, "attention": attention, "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths,
+        "beta": beta, "attention": attention, "frozen_weights_bf16": frozen_bf16, "loss_type": cfg.dpo.args.get("loss_type", ["sigmoid"]), "lengths": lengths,
         "before": before, "after": after,
         "parameters": {"lora_tensors": len(lora_before), "lora_changed": len(lora_before) - len(unchanged), "lora_unchanged": unchanged},
         "reference": "adapter disabled" if trainer.ref_model is None else "separate copy",
