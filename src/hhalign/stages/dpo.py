@@ -43,6 +43,7 @@ from hhalign.models.training import (
     rows_reached,
     save_model_atomically,
     set_attention,
+    token_len,
     trl_args,
 )
 
@@ -71,8 +72,13 @@ def check_lora_targets(model: torch.nn.Module, targets: Any) -> None:
         raise TrainingError(f"dpo.lora.target_modules {missing} do not exist in {type(model).__name__}; its linear layers are: {', '.join(linear)}")
 
 
-def _pairs(rows: list[dict[str, Any]]) -> Dataset:
-    return Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
+def _pairs(rows: list[dict[str, Any]], tok: Any, max_length: int | None) -> Dataset:
+    """The pairs as TRL reads them, with a "length" column: what a step pads the pair's two sequences to, which
+    ``dpo.train_sampling_strategy: group_by_length`` sorts by (TRL's DPO collator reads only the token ids)."""
+    data = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
+    cap = max_length or float("inf")
+    data["length"] = [int(min(cap, max(token_len(tok, r["prompt"] + r[k]) for k in ("chosen", "rejected")))) for r in rows]
+    return Dataset.from_dict(data)
 
 
 def starts_at_zero(model: torch.nn.Module) -> bool:
@@ -110,8 +116,10 @@ def train(stage: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resu
     # --- model: TRL wraps it in the LoRA adapter; the reference is the same weights with the adapter disabled
     lora = library_class("dpo.lora")(task_type="CAUSAL_LM", **cfg.dpo.lora.args)
     evaluates = cfg.dpo.args.get("eval_strategy", "no") != "no"  # the held-out figures below need no eval_dataset
-    trainer = DPOTrainer(model=model, args=trl_args(stage, cfg.dpo, work.dir, cfg.seed), train_dataset=_pairs(rows),
-                         eval_dataset=_pairs(heldout) if heldout and evaluates else None, processing_class=tok,
+    # remove_unused_columns=False: the Trainer would drop "length" before its length-grouped sampler reads it
+    args = trl_args(stage, cfg.dpo, work.dir, cfg.seed, remove_unused_columns=False)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=_pairs(rows, tok, max_length),
+                         eval_dataset=_pairs(heldout, tok, max_length) if heldout and evaluates else None, processing_class=tok,
                          peft_config=lora, callbacks=[StopOnInterrupt()])
     frozen_bf16 = frozen_to_bf16(trainer)  # the same products, without autocast casting them in every pass
     policy = trainer.accelerator.unwrap_model(trainer.model)

