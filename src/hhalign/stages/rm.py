@@ -54,12 +54,22 @@ def pairwise_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]], batch_si
     return {"pairwise_accuracy": out["pairwise_accuracy"] or 0.0, "mean_margin": out["mean_margin"] or 0.0}
 
 
+def fresh_judge(backbone: str, seed: int) -> tuple[Any, Any]:
+    """The backbone with a fresh one-output head whose initial weights come from the run's seed. Unseeded, they came
+    from whatever the process had drawn before (in `hhalign run`, the SFT and DPO stages), so `hhalign rm` alone and
+    a whole run trained different judges, and any change to an earlier stage changed the judge."""
+    from transformers import set_seed
+
+    set_seed(seed)
+    return load_reward_model(backbone, num_labels=1)
+
+
 def _build(cfg: RunConfig, rows: list[dict[str, Any]], work: Any) -> tuple[Any, Any]:
     if cfg.rm.model == TINY:
         tok = train_tokenizer([" ".join(judge_view(r)) for r in rows], vocab_size=cfg.model.tiny.vocab_size, kind="classifier")
         tok.model_max_length = cfg.model.tiny.max_positions
         return build_tiny_reward_model(tok, cfg.model.tiny, seed=cfg.seed), tok
-    model, tok = load_reward_model(work.inputs["backbone"].ref, num_labels=1)  # a fresh one-output head
+    model, tok = fresh_judge(work.inputs["backbone"].ref, cfg.seed)
     if cfg.rm.args.get("max_length"):  # saved with the tokenizer: scoring's tokenizer(prompt, response, truncation=True) keeps it
         tok.model_max_length = cfg.rm.args["max_length"]
     return model, tok
