@@ -360,3 +360,30 @@ def test_template_protocol_puts_the_turns_through_the_chat_template(tiny_lm_dir:
     tok.chat_template = None
     with pytest.raises(UserError, match="protocol is 'template' but the model's tokenizer has no chat template"):
         template_prompt(prompt, tok)
+
+
+def test_decoding_attends_by_span_on_a_cpu_and_gives_the_model_back_as_it_was(lm, monkeypatch):
+    """On a CPU each decoding step splits the batch into runs of rows with their own keys (the study-loop tests above
+    check the answers); the model computes with SDPA again afterwards, and a model on eager attention is left alone."""
+    import hhalign.models.attention as att
+
+    model, tok = lm
+    widths: list[tuple[int, int]] = []
+    real = att.sdpa_attention_forward
+    monkeypatch.setattr(att, "sdpa_attention_forward",
+                        lambda m, q, k, *a, **kw: widths.append((q.shape[0], q.shape[2], k.shape[2])) or real(m, q, k, *a, **kw))
+    want = _study_loop(model, tok, PROMPTS, max_new_tokens=10)
+    widths.clear()
+    rows = generate_responses(model, tok, PROMPTS, GenerateSection(max_new_tokens=10, batch_size=len(PROMPTS)), progress=False)
+    assert [r["response"] for r in rows] == want
+    decode = [(n, k) for n, q_len, k in widths if q_len == 1]  # one-token queries: decoding
+    assert decode and any(n < len(PROMPTS) for n, _ in decode)  # on runs of rows, not the whole batch
+    assert min(k for _, k in decode) < max(k for _, k in decode)  # some runs read fewer keys
+    assert model.config._attn_implementation == "sdpa"
+    model.set_attn_implementation("eager")
+    try:
+        widths.clear()
+        generate_responses(model, tok, PROMPTS, GenerateSection(max_new_tokens=3, batch_size=len(PROMPTS)), progress=False)
+        assert widths == [] and model.config._attn_implementation == "eager"
+    finally:
+        model.set_attn_implementation("sdpa")

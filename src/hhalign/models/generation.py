@@ -22,7 +22,8 @@ Three protocols (``GenerateSection.protocol``):
   eos token (the study's setting) and is dropped by ``skip_special_tokens`` as the study's own eos is.
   On a CPU, where a pad costs as much compute as a real token, a batch's prompts are read in groups
   of similar lengths and their caches merged, left-padded, into one (``_prefill``): the same keys
-  and values, without computing long runs of pads.
+  and values, without computing long runs of pads. Decoding then attends, for each run of rows of
+  similar lengths, to the keys those rows have (``hhalign.models.attention``), not the whole padded width.
 - ``chat``: the prompt gets "\\n\\nAssistant:" appended, generation of a row stops at the next
   "\\n\\nHuman:" (``stop_strings``, per row), and the response is the assistant's words alone.
 - ``template``: for a model with a chat template (an instruct model): the prompt's Human/Assistant turns
@@ -39,6 +40,7 @@ than crashing the run.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -58,6 +60,7 @@ from hhalign.config.schema import GenerateSection
 from hhalign.data.formats import prompt_messages
 from hhalign.data.prompts import load_prompts
 from hhalign.errors import UserError
+from hhalign.models.attention import by_span
 from hhalign.models.loading import load_causal_lm, pick_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -146,7 +149,9 @@ def generate_responses(
                disable=not progress or not parallel.is_main())
     # prompts read in groups only where caches can be merged; otherwise one padded pass per batch
     overhead = prefill_overhead(device) if _mergeable(model) else math.inf
-    with torch.inference_mode(), bar:
+    # on a CPU each group of similar-length rows decodes over its own keys only (hhalign.models.attention)
+    spans = by_span(model) if device.type == "cpu" else contextlib.nullcontext()
+    with torch.inference_mode(), bar, spans:
         for idx in mine:
             batch = _generate_batch(model, tok, [encoded[i] for i in idx], cfg, device, generate_kwargs or {}, overhead)
             rows += [(i, {"prompt": prompts[i], **row, "n_prompt_dropped": dropped[i]}) for i, row in zip(idx, batch)]
