@@ -20,6 +20,19 @@ PAPER_DIR = SHARED_DATA / "paper"
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hhalign"
+
+
+def our_frames(text: str) -> list[str]:
+    """The traceback frames in ``text`` that lie in hhalign's own modules: matched by the package's folder, not by
+    the word "hhalign", which the checkout's path (a clone named hhalign) puts in every other frame too."""
+    import hhalign
+
+    roots = {str(Path(hhalign.__file__).resolve().parent), str(PACKAGE)}
+    frames = [ln.strip() for ln in text.splitlines() if ln.lstrip().startswith('File "')]
+    return [f for f in frames if any(str(Path(f.split('"')[1]).resolve()).startswith(r + os.sep) for r in roots)]
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"reference data not found at {path}: put the project's shared/ folder beside the checkout")

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import our_frames
+
 from hhalign.engine.table import MANIFEST, STAGES, stage_dir
 
 pytestmark = pytest.mark.slow  # five launches of two processes, about three minutes in all
@@ -363,7 +365,7 @@ def test_a_second_launch_on_the_same_run_folder_is_refused_while_the_first_works
         # exited; none dies in C++ (SIGABRT, before parallel.close); the only traceback is torchrun's own
         codes = re.findall(r"exitcode  : (-?\d+)", second.stderr)
         assert len(codes) == 2 and set(codes) <= {"2", "-15"} and "2" in codes, second.stderr[-3000:]
-        assert not [line for line in second.stderr.splitlines() if line.lstrip().startswith("File ") and "hhalign" in line]
+        assert not our_frames(second.stderr), second.stderr[-3000:]
         assert files() == before, "the refused launch wrote something"
         hold.touch()  # let the first group go on
         first.wait(timeout=600)
@@ -398,3 +400,14 @@ def test_two_machines_that_disagree_on_the_config_stop_before_any_work(launched:
     assert "hhalign run: error: rank 1 has config hash" in first, first[-3000:]
     assert "start every process of the launch with the same config" in second, second[-3000:]
     assert not out.exists(), "a folder was created before the ranks agreed"
+
+
+def test_our_frames_are_matched_by_module_not_by_the_checkout_s_name() -> None:
+    """A checkout cloned into a folder named hhalign puts the word in torchrun's frames too: only the package's count."""
+    import hhalign
+
+    pkg = Path(hhalign.__file__).resolve().parent
+    torchrun = f'  File "{pkg.parents[1]}/.venv/lib/python3.11/site-packages/torch/distributed/run.py", line 9, in main'
+    ours = f'  File "{pkg}/engine/lock.py", line 40, in owning'
+    assert our_frames("\n".join(["Traceback (most recent call last):", torchrun, "x"])) == []
+    assert our_frames("\n".join([torchrun, ours])) == [ours.strip()]
