@@ -4,7 +4,8 @@
     hhalign sft configs/tiny.yaml                  # one stage of the table (hhalign.engine.table), in its run folder
     hhalign metrics ../shared/data/paper/responses # a stage's work on files, without a config
 
-Every stage of ``hhalign.engine.table.STAGES`` is a subcommand taking a CONFIG. ``generate``, ``score``, ``metrics``
+Every stage of the study's table (``hhalign.engine.table.STAGES``) is a subcommand taking a CONFIG; any declared
+variant's training stage is ``hhalign train CONFIG VARIANT`` (or ``hhalign VARIANT CONFIG``). ``generate``, ``score``, ``metrics``
 and ``report`` also work on files without a config (``generate --model M --prompts P --out R``, ``score
 --reward-model RM R.json``, ``metrics DIR``, ``report DIR --out OUT``); their options, like every option
 that mirrors a config key, take their help, default and choices from the config field itself. Every option a
@@ -61,7 +62,7 @@ SECTION_OPTIONS: dict[str, tuple[str, type, tuple[str, ...]]] = {
 FILE_OPTIONS = {"generate": ("model", "prompts", "out"), "score": (), "metrics": ("json_out",), "report": ("out",)}
 GROUPS = (
     ("the study", ("run",)),
-    ("its stages, one at a time (each in the config's run folder)", tuple(s.name for s in STAGES)),
+    ("its stages, one at a time (each in the config's run folder)", (*(s.name for s in STAGES), "train")),
     ("several runs", ("sweep", "compare")),
     ("utilities", ("config", "prompts", "verify")),
 )
@@ -74,6 +75,8 @@ EXAMPLES = {
     "metrics": ["hhalign metrics configs/tiny.yaml", "hhalign metrics ../shared/data/paper/responses --json metrics.json"],
     "report": ["hhalign report configs/tiny.yaml", "hhalign report ../shared/data/paper/responses --out paper-report"],
     "dpo": ["hhalign dpo configs/tiny.yaml", "hhalign dpo configs/tiny.yaml --from sft   # the sft_dpo stage"],
+    "train": ["hhalign train configs/tiny_methods.yaml ipo", "hhalign ipo configs/tiny_methods.yaml      # the same",
+              "hhalign train configs/tiny_methods.yaml kto --from DIR"],
     "sweep": ["hhalign sweep tiny --grid dpo.beta=0.05,0.1,0.5 --dry-run", "hhalign sweep examples/sweep_noise.yaml"],
     "compare": ["hhalign compare runs/a runs/b --out runs/ab-compare"],
     "config": ["hhalign config --keys", "hhalign config smol --set dpo.beta=0.2"],
@@ -126,6 +129,7 @@ def _one_shot_options(name: str, p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     helps = {"run": "the whole study: every stage below, in order, resumable",
              **{st.name: f"{st.help} ({st.folder}/)" for st in STAGES},
+             "train": "train one declared variant by its method (hhalign train CONFIG VARIANT, or hhalign VARIANT CONFIG)",
              "sweep": "every combination of some settings, each a run, the stages they share run once; then compare",
              "compare": "runs side by side: rates with intervals, paired tests with Holm's correction, figures",
              "config": "print a config resolved with overrides, or every key with its help",
@@ -153,8 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             _add_config(p)
         p.add_argument("--resume", action="store_true", help="continue an interrupted stage (checkpoints, finished files)")
-        if st.name == "dpo":
-            p.add_argument("--from", dest="from_model", help="start from this model (a path), or 'sft' for this run's SFT model")
+        if st.variant:
+            p.add_argument("--from", dest="from_model", help="start from this model (a path)"
+                           + (", or 'sft' for this run's SFT model (the sft_dpo stage)" if st.name == "dpo" else ""))
+    p = command("train")
+    _add_config(p)
+    p.add_argument("variant", help="a variant the config declares (hhalign config CONFIG lists them)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted stage (checkpoints)")
+    p.add_argument("--from", dest="from_model", help="start from this model (a path) instead of the variant's declared start")
 
     p = command("sweep")
     p.add_argument("config", help=f"{CONFIG_HELP}, or a sweep file (config:, grid:, seeds:)")
@@ -200,14 +210,19 @@ def _stage(args: argparse.Namespace) -> int:
         pipeline,  # imports every stage module, and with them torch: only when a stage runs
     )
 
-    name = args.command
-    if name == "dpo" and args.from_model in ("sft", "sft_dpo"):
-        name = "sft_dpo"
+    name = args.variant if args.command == "train" else args.command
+    from_model = getattr(args, "from_model", None)
+    if name == "dpo" and from_model in ("sft", "sft_dpo"):  # the study's SFT+DPO, as `hhalign sft_dpo CONFIG`
+        name, from_model = "sft_dpo", None
     cfg = _load(args)
-    st, kwargs = get(name), {}
-    if name == "dpo" and args.from_model:
-        kwargs["start"] = args.from_model
-        Input(args.from_model, "model", "--from PATH").check()
+    training = name not in BY_NAME  # not a fixed stage: a variant's training stage
+    if training and cfg.variant(name).method is None:  # (cfg.variant: one line naming the variants it declares)
+        raise errors.UserError(f"variant '{name}' is the base model (no method): nothing to train; its trained variants: "
+                               f"{', '.join(cfg.trained()) or 'none'}")
+    st, kwargs = get(name, cfg), {}
+    if training and from_model:
+        kwargs["start"] = from_model
+        Input(from_model, "model", "--from PATH").check()
     pipeline.validate(cfg, cfg.run_dir, [st])
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with owning(cfg.run_dir, command_line()), logs.to_file(cfg.run_dir / "run.log"):
@@ -387,7 +402,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if parallel.launched() and args.command not in ("run", *BY_NAME):
+    if parallel.launched() and args.command not in ("run", "train", *(s.name for s in STAGES)):
         raise errors.UserError(f"hhalign {args.command} runs as one process: start it without accelerate launch "
                                "(under a launch: hhalign run and the stage commands)")
     if args.command == "run":
@@ -413,8 +428,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _stage(args)
 
 
+def variant_command(argv: list[str], commands: set[str]) -> list[str]:
+    """``hhalign VARIANT CONFIG ...`` as ``hhalign train CONFIG VARIANT ...``: a first word that is no command names a
+    variant of the config after it (which says so in one line if it declares none of that name)."""
+    if len(argv) >= 2 and argv[0] not in commands and not argv[0].startswith("-") and not argv[1].startswith("-"):
+        return ["train", argv[1], argv[0], *argv[2:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import sys
+
+    parser = build_parser()
+    commands = set(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+    args = parser.parse_args(variant_command(list(sys.argv[1:] if argv is None else argv), commands))
 
     tune_allocator()  # before torch allocates anything (hhalign.memory: why)
     logs.console()

@@ -31,8 +31,8 @@ from hhalign.config.schema import RunConfig, section_hash
 from hhalign.engine.folder import seed_folder
 from hhalign.engine.lock import command_line, owning
 from hhalign.engine.table import (
+    FIXED,
     RUN_FILE,
-    STAGES,
     Stage,
     active,
     artifact,
@@ -45,34 +45,39 @@ from hhalign.report.seeds import aggregate
 from hhalign.stages import (
     convert,
     data,
-    dpo,
     generate,
     metrics,
     pretrain,
     report,
     rm,
     score,
-    sft,
-    sft_dpo,
+    train,
 )
 
 log = logging.getLogger(__name__)
+# the module that runs each row: a fixed stage's own, or hhalign.stages.train for every variant's training row
 MODULES: dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (
-    convert, data, pretrain, sft, dpo, sft_dpo, rm, generate, score, metrics, report)}
-assert list(MODULES) == [s.name for s in STAGES], "hhalign.stages has one module per row of the stage table, in order"
+    convert, data, pretrain, train, rm, generate, score, metrics, report)}
+assert sorted(MODULES) == sorted([s.name for s in FIXED] + ["train"]), "hhalign.stages has one module per fixed stage, and train"
+
+
+def _variant(stage: Stage) -> dict[str, str]:
+    return {"variant": stage.variant} if stage.variant else {}
 
 
 def inputs(stage: Stage, cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     """What the stage reads in this config: its module's ``inputs``."""
-    return MODULES[stage.name].inputs(cfg, Path(run_dir))
+    return MODULES[stage.runner].inputs(cfg, Path(run_dir), **_variant(stage))
 
 
 def run_stage(name: str, cfg: RunConfig, run_dir: Path, **kwargs: object) -> dict | None:
     """Run one stage (its module's ``run``): ``hhalign NAME CONFIG`` and every stage of ``hhalign run``. Under a
     launch of several processes a stage that is not ``every_rank`` runs on rank 0 alone, the others waiting."""
-    if get(name).every_rank:
-        return MODULES[name].run(cfg, Path(run_dir), **kwargs)
-    return parallel.on_main(lambda: MODULES[name].run(cfg, Path(run_dir), **kwargs), f"stage '{name}'")
+    st = get(name, cfg)
+    kwargs = {**kwargs, **_variant(st)}
+    if st.every_rank:
+        return MODULES[st.runner].run(cfg, Path(run_dir), **kwargs)
+    return parallel.on_main(lambda: MODULES[st.runner].run(cfg, Path(run_dir), **kwargs), f"stage '{name}'")
 
 
 def validate(cfg: RunConfig, run_dir: Path, only: list[Stage] | None = None) -> None:

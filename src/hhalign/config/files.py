@@ -13,6 +13,7 @@ libraries have works without being declared again in ``hhalign.config.schema``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import re
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from hhalign.config.schema import RunConfig
+from hhalign.config.schema import METHODS, STUDY, VARIANTS, RunConfig, Variant
 from hhalign.errors import ConfigError
 
 # section path -> (module, class): the library config each training section feeds.
@@ -34,7 +35,20 @@ PASSTHROUGH = {
     "dpo": ("trl", "DPOConfig"),
     "rm": ("trl", "RewardConfig"),
     "dpo.lora": ("peft", "LoraConfig"),
+    "kto": ("trl", "KTOConfig"),
+    "kto.lora": ("peft", "LoraConfig"),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig"),  # experimental in TRL: imported only where a config uses it
+    "orpo.lora": ("peft", "LoraConfig"),
+    "simpo": ("trl.experimental.cpo", "CPOConfig"),
+    "simpo.lora": ("peft", "LoraConfig"),
 }
+# sections checked against their library only when they are set or a variant uses them (importing
+# trl.experimental warns, and a run of the study's four should not)
+_ON_USE = ("kto", "orpo", "simpo")
+# what a section's library config is given by hhalign itself, whatever the config says: SimPO is CPO's simpo loss
+# without its behaviour-cloning term (cpo_alpha 0, which a config may raise for CPO-SimPO)
+FIXED = {"simpo": {"loss_type": "simpo"}}
+DEFAULTS = {"simpo": {"cpo_alpha": 0.0}}
 # Keys hhalign sets itself per stage: a user value would be overwritten, so it is refused.
 _RESERVED = {"output_dir", "resume_from_checkpoint", "do_train", "do_eval"}
 # Settings the installed TRL accepts but ignores (recent TRL made label_smoothing a no-op outside these losses).
@@ -74,15 +88,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML preset (or the defaults when ``path`` is None), apply ``key=value`` overrides (``--set``), then a
     sweep point's (``--grid``), validate; an error names the one that gave the faulty value."""
     where = str(path) if path else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = resolve_preset(path)
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = read_yaml(path) if path is not None else {}
     given = [("--set", item) for item in overrides or []] + [("--grid", item) for item in grid or []]
     for _, item in given:
         apply_override(raw, item)
@@ -93,6 +99,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return _build(RunConfig, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{_origin(e, where, given)}: {e}", e.key) from None
+
+
+def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping; ``extends: OTHER`` (a preset's name, or a path beside the file) starts from OTHER's
+    mapping, this file's sections merged over it key by key (a list, ``variants`` too, replaces the other's)."""
+    p = resolve_preset(path)
+    try:
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must name a config (a preset or a YAML file), got {parent!r}", "extends")
+    beside = p.parent / parent
+    target = beside if beside.is_file() else Path(parent)
+    if p.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' comes back to this file ({' -> '.join(str(s) for s in (*seen, p))})", "extends")
+    merged = _merge(read_yaml(target, (*seen, p.resolve())), {k: v for k, v in raw.items() if k != "variants"})
+    return merged | ({"variants": raw["variants"]} if "variants" in raw else {})
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently: a variant
+    declared twice would lose the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _origin(e: ConfigError, where: str, given: list[tuple[str, str]]) -> str:
@@ -129,10 +172,13 @@ def from_dict(raw: dict[str, Any], where: str = "<dict>") -> RunConfig:
         raise ConfigError(f"{where}: {e}", e.key) from None
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    section = prefix.rstrip(".")
+def _build(cls: type, raw: Any, prefix: str, library: str | None = None) -> Any:
+    """The dataclass ``cls`` from its raw mapping; ``prefix`` names its keys in errors, ``library`` is the section
+    whose pass-through class it feeds (default: the prefix itself; a variant's settings feed their method's)."""
+    section = library if library is not None else prefix.rstrip(".")
+    shown = prefix.rstrip(".")
     if not isinstance(raw, dict):
-        raise ConfigError(f"'{section or 'top level'}' must be a mapping, got {raw!r}", section or None)
+        raise ConfigError(f"'{shown or 'top level'}' must be a mapping, got {raw!r}", shown or None)
     types_ = _field_types(cls)
     passthrough = section in PASSTHROUGH
     own: dict[str, Any] = {}
@@ -150,14 +196,65 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in own.items():
         tp = types_[key]
+        if cls is RunConfig and key == "variants":
+            continue  # after the method sections they refer to (_variants)
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.", f"{section}.{key}" if section else key)
         else:
             kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
     if passthrough:
-        _check_passthrough(section, args)
+        if args or section.split(".")[0] not in _ON_USE or library is not None:
+            _check_passthrough(section, args, shown)
         kwargs["args"] = args
+    if cls is RunConfig:
+        kwargs["variants"] = _variants(raw.get("variants"), raw)
     return cls(**kwargs)
+
+
+def _variants(value: Any, raw: dict[str, Any]) -> dict[str, Variant]:
+    """``variants:`` as a list of the study's names or a mapping of declared variants, each with its method's
+    section built with its own settings over it (errors name ``variants.NAME.KEY``)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        unknown = [v for v in value if v not in STUDY]
+        if unknown:
+            raise ConfigError(f"variants {unknown}: the list form picks from the study's {', '.join(VARIANTS)}; declare others as a "
+                              "mapping (name: {method: dpo, from: sft, loss_type: [ipo]}, see docs/methods.md)", "variants")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"variants lists a name twice: {value}", "variants")
+        value = {n: STUDY[n] for n in value}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"variants must be a list of {', '.join(VARIANTS)} or a mapping of name -> settings, got {value!r}", "variants")
+    out = {}
+    for name, spec in value.items():
+        key = f"variants.{name}"
+        spec = {} if spec is None else spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"'{key}' must be a mapping (method:, from:, label:, settings), got {spec!r}", key)
+        method, start, label = spec.get("method"), spec.get("from"), spec.get("label")
+        for k, v in (("method", method), ("from", start), ("label", label)):
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"'{key}.{k}' must be a string, got {v!r}", f"{key}.{k}")
+        overrides = {k: v for k, v in spec.items() if k not in ("method", "from", "label")}
+        variant = Variant(str(name), method, start, label, overrides)
+        if method in METHODS and overrides:
+            cls = _field_types(RunConfig)[method]
+            variant.section = _build(cls, _merge(raw.get(method) or {}, overrides), f"{key}.", method)
+        elif method in METHODS and method in _ON_USE and not raw.get(method):
+            _check_passthrough(method, {}, method)  # the library exists and takes its defaults
+        out[str(name)] = variant
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mappings merged key by key (a variant's ``lora: {r: 4}`` keeps the rest of lora)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -226,17 +323,20 @@ def library_class(section: str) -> type:
     return getattr(mod, name)
 
 
-def _check_passthrough(section: str, args: dict[str, Any]) -> None:
-    """Fail on keys the library class lacks, values it rejects, and settings it would ignore."""
+def _check_passthrough(section: str, args: dict[str, Any], shown: str | None = None) -> None:
+    """Fail on keys the library class lacks, values it rejects, and settings it would ignore (``shown``: how the
+    keys are named in errors, a variant's ``variants.NAME`` for its own settings)."""
     cls = library_class(section)
+    where = shown or section
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in args:
-        if key in _RESERVED:
-            raise ConfigError(f"'{section}.{key}' is set by hhalign per stage; remove it", f"{section}.{key}")
+        if key in _RESERVED or key in FIXED.get(section, {}):
+            why = f"is {FIXED[section][key]!r} by definition of the method" if key in FIXED.get(section, {}) else "is set by hhalign per stage"
+            raise ConfigError(f"'{where}.{key}' {why}; remove it", f"{where}.{key}")
         if key not in fields:
             close, own = _close_matches(key, fields), sorted(_own_keys(section))
             raise ConfigError(
-                f"unknown key '{section}.{key}': neither an hhalign setting nor a field of "
+                f"unknown key '{where}.{key}': neither an hhalign setting nor a field of "
                 f"{cls.__module__.split('.')[0]}.{cls.__name__} (installed version)."
                 + (f" Did you mean {close}?" if close else "")
                 + (f" hhalign's own keys here: {', '.join(own)}." if own else "")
@@ -244,28 +344,34 @@ def _check_passthrough(section: str, args: dict[str, Any]) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in args.items():
         if _is_simple(hints.get(key)):
-            args[key] = value = _coerce(value, hints[key], f"{section}.{key}")
+            args[key] = value = _coerce(value, hints[key], f"{where}.{key}")
         if key in _BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
             low, strict = _BOUNDS[key]
             if value < low or (strict and value == low):
-                raise ConfigError(f"'{section}.{key}' is {value}; it must be {'>' if strict else '>='} {low}", f"{section}.{key}")
+                raise ConfigError(f"'{where}.{key}' is {value}; it must be {'>' if strict else '>='} {low}", f"{where}.{key}")
     try:
-        if section == "dpo.lora":
+        if section.endswith(".lora"):
             cls(**args)
         else:
             # bf16 left unset follows the hardware at train time (hhalign.train), so the check is hardware-free
             cls(**{"output_dir": "/tmp/hhalign-config-check", "report_to": "none", "bf16": False, "use_cpu": True,
-                   **checkpointing_default(cls, args), **args})
+                   **checkpointing_default(cls, args), **library_args(section, args)})
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{cls.__name__} rejects the '{section}' settings: {e}", section) from e
+        raise ConfigError(f"{cls.__name__} rejects the '{where}' settings: {e}", where) from e
     if section == "dpo" and args.get("label_smoothing"):
         losses = args.get("loss_type", ["sigmoid"])
         losses = [losses] if isinstance(losses, str) else losses
         if not any(loss in _LABEL_SMOOTHING_LOSSES for loss in losses):
             raise ConfigError(
-                f"dpo.label_smoothing={args['label_smoothing']} has no effect with loss_type={losses} in the "
+                f"{where}.label_smoothing={args['label_smoothing']} has no effect with loss_type={losses} in the "
                 f"installed TRL; it only acts with {', '.join(_LABEL_SMOOTHING_LOSSES)} "
-                "(conservative DPO is loss_type: robust).", "dpo.label_smoothing")
+                "(conservative DPO is loss_type: robust).", f"{where}.label_smoothing")
+
+
+def library_args(section: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A section's pass-through settings as its library config takes them: the method's defaults, the settings, and
+    what the method fixes (``DEFAULTS``, ``FIXED``)."""
+    return {**DEFAULTS.get(section, {}), **args, **FIXED.get(section, {})}
 
 
 def checkpointing_default(cls: type, args: dict[str, Any]) -> dict[str, Any]:

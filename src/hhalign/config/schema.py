@@ -16,14 +16,23 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hhalign.errors import ConfigError
 
-VARIANTS = ("base", "sft", "dpo", "sft_dpo")
+VARIANTS = ("base", "sft", "dpo", "sft_dpo")  # the study's four: what the list form `variants: [...]` picks from
 VARIANT_LABELS = {"base": "Base", "sft": "SFT", "dpo": "DPO", "sft_dpo": "SFT+DPO"}
+# the study's variants as declared data: what each name of the list form means
+STUDY = {"base": {}, "sft": {"method": "sft", "from": "base"}, "dpo": {"method": "dpo", "from": "base"},
+         "sft_dpo": {"method": "dpo", "from": "sft"}}
+METHODS = ("sft", "dpo", "kto", "orpo", "simpo")  # each a config section and a module of hhalign.methods
+VARIANT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# names a variant cannot take: the fixed stages and the commands (`hhalign VARIANT CONFIG` shares their namespace)
+RESERVED_NAMES = ("convert", "data", "pretrain", "rm", "generate", "score", "metrics", "report", "run", "train", "sweep",
+                  "compare", "config", "prompts", "verify")
 PROMPT_SETS = ("harmful", "helpful")
 PROTOCOLS = ("paper", "chat", "template")
 TINY = "tiny"  # model name that means "build from scratch" (see hhalign.models.loading)
@@ -161,9 +170,66 @@ class LoraSection:
 
 
 @dataclass
-class DPOSection(TrainSection):
+class PreferenceSection(TrainSection):
+    """A preference method's section (dpo, kto, orpo, simpo): its TRL config's fields, and how the policy is trained."""
+
     lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "PEFT LoraConfig fields"})
+    adapter: str = _f("lora", "'lora': train a LoRA adapter (lora:), merged into model/ for generation; 'full': every weight (the reference is a frozen copy)", ("lora", "full"))
     keep_responses: bool = _f(True, "drop the oldest prompt turns (not response tokens) when a pair exceeds max_length")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choices(self, type(self).__name__.replace("Section", "").lower())
+
+
+@dataclass
+class DPOSection(PreferenceSection):
+    """trl.DPOConfig: every loss TRL has (loss_type, weighted mixes with loss_weights)."""
+
+
+@dataclass
+class KTOSection(PreferenceSection):
+    """trl.KTOConfig: each preference pair gives a desirable (chosen) and an undesirable (rejected) example."""
+
+
+@dataclass
+class ORPOSection(PreferenceSection):
+    """trl.experimental.orpo.ORPOConfig: no reference model; an odds-ratio term on top of SFT on the chosen."""
+
+
+@dataclass
+class SimPOSection(PreferenceSection):
+    """trl.experimental.cpo.CPOConfig with loss_type simpo and cpo_alpha 0 (the SimPO paper's loss)."""
+
+
+@dataclass
+class Variant:
+    """One declared variant: the method that makes it (None: the base model as loaded), the variant it starts
+    from, its label in the report, and settings over its method's section (``section``, resolved at load)."""
+
+    name: str
+    method: str | None = None
+    start: str | None = None  # `from:` in the YAML
+    label: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    section: Any = None  # the method's section with the overrides applied (hhalign.config.files builds it)
+
+    @property
+    def shown(self) -> str:
+        return self.label or VARIANT_LABELS.get(self.name, self.name)
+
+    def declared(self) -> dict[str, Any]:
+        """The variant as it would be written in a config's mapping form."""
+        out: dict[str, Any] = {}
+        if self.method:
+            out |= {"method": self.method, "from": self.start}
+        if self.label:
+            out["label"] = self.label
+        return out | copy.deepcopy(self.overrides)
+
+    def is_study(self) -> bool:
+        """Whether this is the study's variant of that name, as the list form means it."""
+        return self.name in STUDY and self.declared() == STUDY[self.name]
 
 
 @dataclass
@@ -235,12 +301,15 @@ class RunConfig:
     name: str = _f("run", "run folder name under output_dir")
     output_dir: str = _f("runs", "where run folders go")
     seed: int = _f(42, "seed for training and anything random outside the eval prompt draw")
-    variants: list[str] = _f(list(VARIANTS), f"which of {', '.join(VARIANTS)} to build and evaluate", VARIANTS)
+    variants: dict[str, Variant] = _f({}, "the variants to build and evaluate: a list of the study's (base, sft, dpo, sft_dpo), or a mapping name -> {method: sft|dpo|kto|orpo|simpo, from: VARIANT, label: TEXT, any key of the method's section}; {} (no method) is the base model")
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     sft: SFTSection = field(default_factory=SFTSection)
     dpo: DPOSection = field(default_factory=DPOSection)
+    kto: KTOSection = field(default_factory=KTOSection)
+    orpo: ORPOSection = field(default_factory=ORPOSection)
+    simpo: SimPOSection = field(default_factory=SimPOSection)
     rm: RMSection = field(default_factory=RMSection)
     generate: GenerateSection = field(default_factory=GenerateSection)
     score: ScoreSection = field(default_factory=ScoreSection)
@@ -250,10 +319,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_choices(self, "")
         check_plain_name(self.name, "name", "--name")
-        if len(set(self.variants)) != len(self.variants):
-            raise ConfigError(f"variants lists a name twice: {self.variants}", "variants")
         if not self.variants:
-            raise ConfigError(f"variants is empty; pick from {', '.join(VARIANTS)}", "variants")
+            self.variants = {n: implied_variant(n) for n in VARIANTS}
+        check_variants(self.variants, lambda method: getattr(self, method))
         if self.data.render == "chat_template" and self.generate.protocol == "chat":
             raise ConfigError("generate.protocol 'chat' appends the HH cue '\\n\\nAssistant:', which a chat-template prompt already "
                               "ends with its own cue for; use generate.protocol: paper with data.render: chat_template", "generate.protocol")
@@ -269,11 +337,89 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    def base_variant(self) -> str | None:
+        """The declared variant that is the model as loaded (no method), if any."""
+        return next((n for n, v in self.variants.items() if v.method is None), None)
+
+    def trained(self) -> dict[str, Variant]:
+        """Every variant a training stage makes, each after the one it starts from: the declared ones, and for the
+        list form the study's variants they start from (``[base, sft_dpo]`` trains sft too, without evaluating it)."""
+        out: dict[str, Variant] = {}
+
+        def visit(v: Variant) -> None:
+            if v.method is None or v.name in out:
+                return
+            visit(self.variants.get(v.start) or implied_variant(v.start))
+            out[v.name] = v
+
+        for v in self.variants.values():
+            visit(v)
+        for v in out.values():
+            if v.section is None:  # an implied study variant
+                v.section = getattr(self, v.method)
+        return out
+
+    def start_of(self, v: Variant) -> Variant:
+        """The variant ``v`` starts from (the list form's implied study variants included)."""
+        return self.variants.get(v.start or "") or self.trained().get(v.start or "") or implied_variant(v.start)
+
+    def variant(self, name: str) -> Variant:
+        """A variant this config trains or evaluates, by name."""
+        found = self.variants.get(name) or self.trained().get(name)
+        if found is None:
+            raise ConfigError(f"no variant '{name}' in this config; its variants: {', '.join(self.variants)}", "variants")
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
 
     def hash(self) -> str:
         return section_hash(self.to_dict())
+
+
+def implied_variant(name: str | None) -> Variant:
+    """A study variant that the list form trains because a listed one starts from it."""
+    spec = STUDY[name or "base"]
+    return Variant(name or "base", spec.get("method"), spec.get("from"))
+
+
+def check_variants(variants: dict[str, Variant], section_of: Any) -> None:
+    """Names, methods, starts and cycles of the declared variants; a variant without a resolved section gets its
+    method's (``section_of(method)``)."""
+    bases = [n for n, v in variants.items() if v.method is None]
+    if len(bases) > 1:
+        raise ConfigError(f"variants {', '.join(bases)} all have no method (each would be the base model): keep one", "variants")
+    for name, v in variants.items():
+        key = f"variants.{name}"
+        if not VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"variant name {name!r} must be snake_case (a-z, 0-9, _; starting with a letter)", key)
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"variant name '{name}' is a stage or a command of hhalign; name it otherwise "
+                              f"(taken: {', '.join(RESERVED_NAMES)})", key)
+        if v.method is None:
+            if v.start is not None or v.overrides:
+                raise ConfigError(f"variant '{name}' has no method (it is the base model) but sets "
+                                  f"{', '.join(['from'] * (v.start is not None) + list(v.overrides))}: give it a method "
+                                  f"({', '.join(METHODS)}) or leave it {{}}", key)
+            continue
+        if v.method not in METHODS:
+            raise ConfigError(f"variant '{name}': unknown method '{v.method}'; known methods: {', '.join(METHODS)}", f"{key}.method")
+        if v.start is None:
+            raise ConfigError(f"variant '{name}' needs 'from': the variant it starts from ({', '.join(n for n in variants if n != name)})",
+                              f"{key}.from")
+        if v.start not in variants and not v.is_study():  # the list form's [base, sft_dpo] trains the study's sft too
+            raise ConfigError(f"variant '{name}' starts from '{v.start}', which is not a declared variant; declared: "
+                              f"{', '.join(variants)}", f"{key}.from")
+        seen, at = [name], v.start
+        while at is not None and (variants.get(at) or implied_variant(at)).method is not None:
+            if at in seen:
+                raise ConfigError(f"variants start from each other in a cycle: {' -> '.join([*seen, at])}", f"{key}.from")
+            seen.append(at)
+            at = (variants.get(at) or implied_variant(at)).start
+        if v.section is None:
+            if v.overrides:
+                raise ConfigError(f"variant '{name}' has settings of its own; build the config with hhalign.config.files.load_config", key)
+            v.section = section_of(v.method)
 
 
 # ----------------------------------------------------------------------------- checks used by the sections
@@ -302,7 +448,18 @@ def _check_positive(obj: Any, *names: str) -> None:
 # ----------------------------------------------------------------------------- output
 
 
+def variants_plain(variants: dict[str, Variant]) -> list[str] | dict[str, dict[str, Any]]:
+    """The list form when every variant is the study's of its name (so a config of the study's four keeps its hash),
+    else the mapping form."""
+    if all(v.is_study() for v in variants.values()):
+        return list(variants)
+    return {n: v.declared() for n, v in variants.items()}
+
+
 def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, RunConfig):
+        out = {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return out | {"variants": variants_plain(obj.variants)}
     if dataclasses.is_dataclass(obj):
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):

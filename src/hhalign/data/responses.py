@@ -15,24 +15,29 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hhalign.config.schema import PROMPT_SETS, VARIANTS
+from hhalign.config.schema import PROMPT_SETS, VARIANT_NAME, VARIANTS
 from hhalign.errors import ResponseFileError
 
 # The study spells SFT+DPO "sftdpo" in its file names (4_sftdpo_harmful.json).
 _ALIASES = {"sftdpo": "sft_dpo", "sft+dpo": "sft_dpo", "sft-dpo": "sft_dpo"}
-# Optional study-style number prefix, a variant (longest names first), a prompt set.
+# Optional study-style number prefix, a variant (snake_case, or the study's spellings), a prompt set.
 _FILENAME = re.compile(
-    r"^(?:\d+_)?(?P<variant>sft_dpo|sftdpo|base|sft|dpo)_(?P<set>" + "|".join(PROMPT_SETS) + r")\.json$",
+    r"^(?:\d+_)?(?P<variant>[a-z][a-z0-9_+\-]*?)_(?P<set>" + "|".join(PROMPT_SETS) + r")\.json$",
     re.IGNORECASE,
 )
 
 
 def canonical_variant(name: str) -> str:
-    """'base', 'sft', 'dpo', 'sft_dpo', and the study's 'sftdpo' / 'SFT+DPO' -> canonical name."""
+    """A variant's name as runs write it: snake_case, with the study's 'sftdpo' / 'SFT+DPO' read as sft_dpo.
+
+    >>> canonical_variant("SFT+DPO"), canonical_variant("ipo_beta_05")
+    ('sft_dpo', 'ipo_beta_05')
+    """
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; allowed: {', '.join(VARIANTS)} (also 'sftdpo' or 'sft+dpo' for sft_dpo)")
+    if not VARIANT_NAME.fullmatch(key):
+        raise ValueError(f"unknown variant {name!r}: a variant's name is snake_case (base, sft, dpo, sft_dpo, ipo, ...; "
+                         "also 'sftdpo' or 'sft+dpo' for sft_dpo)")
     return key
 
 
@@ -142,7 +147,8 @@ def load_scored_dir(directory: str | Path, also: str = "") -> dict[str, dict[str
             "base_harmful.json, sft_dpo_helpful.json or the study's 1_base_harmful.json"
         )
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for variant in VARIANTS:
+    names = {v for v, _ in found}
+    for variant in [v for v in VARIANTS if v in names] + sorted(names - set(VARIANTS)):
         for prompt_set in PROMPT_SETS:
             if (variant, prompt_set) in found:
                 entries = load_responses(found[variant, prompt_set], require_rating=True)

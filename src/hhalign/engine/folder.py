@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.artifacts import read_json, read_manifest, write_json
-from hhalign.config.schema import TINY, MetricsSection
+from hhalign.config.schema import STUDY, TINY, VARIANT_LABELS, MetricsSection
 from hhalign.data.responses import load_scored_dir, response_files
 from hhalign.engine.table import JUDGE_FILE, RUN_FILE, artifact, stage_dir
 from hhalign.stats.rates import measure
@@ -55,6 +55,30 @@ class RunFolder:
 
     def config(self) -> dict[str, Any]:
         return (self.run_info() or {}).get("config") or {}
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """The run's variants as declared (run.json's config): name -> {method, from, label, settings}; the study's
+        four when there is no run.json (a folder of rated files such as the study's own)."""
+        value = self.config().get("variants") or list(STUDY)
+        if isinstance(value, list):
+            value = {n: STUDY.get(n, {}) for n in value}
+        return {str(n): dict(v or {}) for n, v in value.items()}
+
+    def starts(self) -> dict[str, str]:
+        """Each trained variant's start: name -> the variant it was trained from (the study's implied ones too)."""
+        declared = self.declared()
+        out, todo = {}, list(declared)
+        while todo:
+            name = todo.pop(0)
+            spec = declared.get(name) or STUDY.get(name) or {}
+            if spec.get("method") and name not in out:
+                out[name] = str(spec.get("from") or "base")
+                todo.append(out[name])
+        return out
+
+    def labels(self) -> dict[str, str]:
+        """How the report names each declared variant: its label, the study's name, or the name itself."""
+        return {n: str(v.get("label") or VARIANT_LABELS.get(n, n)) for n, v in self.declared().items()}
 
     def is_toy(self) -> bool:
         """Whether the run's policies are the tiny from-scratch models (its run.json says so)."""
@@ -101,10 +125,13 @@ class RunFolder:
         p = self.file("data", "data_report.json")
         return read_json(p) if p.is_file() else None
 
-    def measure(self, cfg: MetricsSection, json_out: Path | None = None, toy: bool | None = None) -> dict[str, Any]:
+    def measure(self, cfg: MetricsSection, json_out: Path | None = None, toy: bool | None = None,
+                labels: dict[str, str] | None = None) -> dict[str, Any]:
         """``hhalign metrics DIR``: the rated responses measured (``hhalign.stats.rates.measure``) with the judge's
-        check; ``toy`` defaults to what run.json says; json_out written atomically."""
-        metrics = measure(self.scored(), self.judge(), cfg, self.is_toy() if toy is None else toy)
+        check; ``toy`` defaults to what run.json says, ``labels`` (and the variants' order) to its declared variants;
+        json_out written atomically."""
+        labels = labels if labels is not None else self.labels() if self.run_info() else None
+        metrics = measure(self.scored(), self.judge(), cfg, self.is_toy() if toy is None else toy, labels)
         if json_out is not None:
             write_json(json_out, metrics)
         return metrics

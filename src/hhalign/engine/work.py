@@ -39,7 +39,6 @@ from hhalign.data.prompts import load_prompts
 from hhalign.data.responses import load_scored_dir
 from hhalign.engine.table import (
     MANIFEST,
-    STAGES,
     STARTED,
     Stage,
     get,
@@ -161,8 +160,8 @@ def verify(run_dir: str | Path) -> dict[str, list[str]]:
         raise UserError(f"{run_dir}: no such folder; give a run folder (runs/NAME)")
     found: dict[str, list[str]] = {}
     for d in [run_dir, *sorted(p for p in run_dir.glob("seed-*") if p.is_dir())]:
-        for st in STAGES:
-            folder = d / st.folder
+        # every stage folder (NN_name), whichever variants made them: the table depends on a config verify has not
+        for folder in sorted(p for p in d.iterdir() if p.is_dir() and p.name[:2].isdigit() and "_" in p.name):
             if (folder / MANIFEST).is_file():
                 manifest = read_manifest(folder)
                 where = str(folder.relative_to(run_dir))
@@ -177,9 +176,20 @@ def _some(names: list[str]) -> str:
 
 
 def changed_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """The dotted config keys whose values differ: {"dpo": {"beta": 0.1}} vs 0.2 -> ["dpo.beta"]."""
+    """The dotted config keys whose values differ: {"dpo": {"beta": 0.1}} vs 0.2 -> ["dpo.beta"]. A key the old
+    record lacks that holds its default now (a setting added to hhalign since, e.g. ``dpo.adapter: lora``) is what
+    the old run did: unchanged, so a run folder made by an earlier version resumes."""
     a, b = _flat(old or {}), _flat(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+    defaults = _defaults()
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING)
+                  and not (k not in a and k in defaults and defaults[k] == b.get(k, _MISSING)))
+
+
+def _defaults() -> dict[str, Any]:
+    """Every setting's default, flat, as stage settings name them (``labels`` included)."""
+    from hhalign.config.schema import VARIANT_LABELS
+
+    return _flat(RunConfig().to_dict() | {"labels": dict(VARIANT_LABELS)})
 
 
 _MISSING = object()
@@ -253,7 +263,7 @@ def begin(name: str, cfg: RunConfig, run_dir: str | Path, ins: dict[str, Input],
     rank keys the stage, they check they agree, and only rank 0 touches the folder while the others wait.
     ``started``, ``cost``: when the stage began and ``usage.snapshot()`` then (default: now), for its wall time and
     what it cost the process."""
-    stage, run_dir = get(name), Path(run_dir)
+    stage, run_dir = get(name, cfg), Path(run_dir)
     _check_upstream(stage, ins)
     decision = decide(stage, cfg, run_dir, ins)
     d = run_dir / stage.folder
@@ -287,6 +297,6 @@ def _clear(d: Path) -> None:
 def _check_upstream(stage: Stage, ins: dict[str, Input]) -> None:
     for name, inp in ins.items():
         if inp.kind == "artifact" and not Path(inp.ref).exists():
-            maker = next((s.name for s in STAGES if s.folder in Path(inp.ref).parts), None)
+            maker = next((p.split("_", 1)[1] for p in reversed(Path(inp.ref).parts) if p[:2].isdigit() and "_" in p), None)
             first = f"run `hhalign {maker} CONFIG` first, or `hhalign run CONFIG`" if maker else "run the stage that makes it first"
             raise UserError(f"stage '{stage.name}' needs {inp.ref} ({name}), which does not exist: {first}")

@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from hhalign import parallel
 from hhalign.artifacts import read_json, read_jsonl, stop_if_interrupted, write_json
-from hhalign.config.files import checkpointing_default, library_class
+from hhalign.config.files import checkpointing_default, library_args, library_class
 from hhalign.config.schema import TINY, RunConfig, TrainSection
 from hhalign.data.hh import ASSISTANT, Message, parse_hh_dialogue, render_hh
 from hhalign.engine.table import artifact
@@ -131,11 +131,12 @@ def frozen_to_bf16(trainer: Any) -> int:
     return n
 
 
-def trl_args(stage: str, section: TrainSection, out_dir: Path, seed: int, **fixed: Any) -> Any:
-    """The stage's TRL config: the section's pass-through fields, hhalign's per-stage settings, and
-    precision that follows the hardware unless the config sets it."""
-    cls = library_class("pretrain" if stage == "pretrain" else {"sft_dpo": "dpo"}.get(stage, stage))
-    args = dict(section.args)
+def trl_args(library: str, section: TrainSection, out_dir: Path, seed: int, **fixed: Any) -> Any:
+    """The stage's TRL config (``library``: the section whose class it is, ``hhalign.config.files.PASSTHROUGH``): the
+    section's pass-through fields, hhalign's per-stage settings, and precision that follows the hardware unless the
+    config sets it."""
+    cls = library_class(library)
+    args = library_args(library, section.args)
     if "bf16" not in args:  # bfloat16 autocast where the hardware multiplies it natively (a GPU, AMX or AVX-512 BF16)
         args["bf16"] = fast_bf16(torch.device("cuda" if on_gpu() else "cpu"))
     args.setdefault("report_to", "none")
@@ -415,10 +416,13 @@ def heldout_nll(model: Any, tok: Any, heldout: list[dict[str, Any]], bf16: bool 
 
 
 def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, bf16: bool = False,
-                ref: Any = None) -> dict[str, Any]:
+                ref: Any = None, normalised: bool = False) -> dict[str, Any]:
     """Held-out DPO figures, pair by pair: implicit reward r(y) = beta * (log pi(y|x) - log pi_ref(y|x)), margin
     r(chosen) - r(rejected); accuracy is the share of pairs with margin > 0 (a tie counts as wrong, as in TRL),
-    with its Wilson 95% interval, and ``acts`` says whether that interval lies above 50%.
+    with its Wilson 95% interval, and ``acts`` says whether that interval lies above 50%. ``normalised``: the
+    log-probabilities per response token (the scale of SimPO's and ORPO's reference-free rewards), the reference
+    then being the model the policy started from. Either way ``reference_free`` gives the share of pairs whose chosen
+    response has the higher mean log-probability per token, under the reference (``before``) and the policy.
 
     ``ref``: the reference as a model of its own (``model`` is then the policy, e.g. the merged model the stage
     saves); without it the reference is ``model`` with its LoRA adapter disabled (peft's ``disable_adapter``).
@@ -435,10 +439,16 @@ def dpo_heldout(model: Any, tok: Any, pairs: list[dict[str, Any]], beta: float, 
         ref.eval()
         ref_logps = pair_logps(ref, tok, *args, bf16=bf16)
     base = dict(zip(("chosen", "rejected"), ref_logps))
-    chosen = [beta * (a - b) for (a, _), (b, _) in zip(logps["chosen"], base["chosen"])]
-    rejected = [beta * (a - b) for (a, _), (b, _) in zip(logps["rejected"], base["rejected"])]
+
+    def per(lp: float, n: int) -> float:
+        return lp / max(n, 1) if normalised else lp
+
+    chosen = [beta * (per(*a) - per(*b)) for a, b in zip(logps["chosen"], base["chosen"])]
+    rejected = [beta * (per(*a) - per(*b)) for a, b in zip(logps["rejected"], base["rejected"])]
     shorter = [nc < nr for (_, nc), (_, nr) in zip(logps["chosen"], logps["rejected"])]
-    return dpo_figures(chosen, rejected, shorter)
+    free = {who: sum(c / max(nc, 1) > r / max(nr, 1) for (c, nc), (r, nr) in zip(lp["chosen"], lp["rejected"])) / len(pairs)
+            for who, lp in (("before", base), ("after", logps))}
+    return dpo_figures(chosen, rejected, shorter) | {"reference_free_accuracy": free}
 
 
 def dpo_figures(chosen: list[float], rejected: list[float], chosen_shorter: list[bool] | None = None) -> dict[str, Any]:

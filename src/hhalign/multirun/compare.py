@@ -84,12 +84,24 @@ def paired(runs: list[Run], samples: int = 10000) -> tuple[list[dict[str, Any]],
             unpaired.append({"a": a.name, "b": b.name, "differ_in": why})
             continue
         thresholds = a.metrics["thresholds"]
+        if only := not_shared(a, b):
+            unpaired.append({"a": a.name, "b": b.name, "differ_in": [only], "variants_only": True})
         for v in [v for v in a.data if v in b.data]:
             for s in [s for s in PROMPT_SETS if s in a.data[v] and s in b.data[v]]:
                 ra, rb = ([e["rating"] for e in r.data[v][s]] for r in (a, b))
                 test = paired_comparison(ra, rb, thresholds[s], samples, 0)
                 tests.append({"set": s, "variant": v, "a": f"{a.name}:{v}", "b": f"{b.name}:{v}", **test})
     return with_holm(tests), unpaired
+
+
+def not_shared(a: Run, b: Run) -> str:
+    """The variants one run has and the other lacks, as a phrase (empty when they have the same): runs with different
+    variant sets are compared on the variants they share."""
+    only_a, only_b = [v for v in a.data if v not in b.data], [v for v in b.data if v not in a.data]
+    if not (only_a or only_b):
+        return ""
+    parts = [f"{', '.join(vs)} only in {r.name}" for vs, r in ((only_a, a), (only_b, b)) if vs]
+    return f"their variants ({'; '.join(parts)}): compared on the {sum(v in b.data for v in a.data)} they share"
 
 
 def table(runs: list[Run]) -> list[dict[str, Any]]:
@@ -119,9 +131,10 @@ def _as_report(runs: list[Run], tests: list[dict[str, Any]], unpaired: list[dict
     variants, data = {}, {}
     for run in runs:
         for v, block in run.metrics["variants"].items():
-            variants[f"{run.name}:{v}"] = {**block, "label": f"{run.name} / {VARIANT_LABELS.get(v, v)}"}
+            variants[f"{run.name}:{v}"] = {**block, "label": f"{run.name} / {block.get('label') or VARIANT_LABELS.get(v, v)}"}
             data[f"{run.name}:{v}"] = run.data[v]
-    notes = [{"kind": "unpaired", "short": "", "text": f"Not paired: {u['a']} and {u['b']} differ in " + "; ".join(u["differ_in"])
+    notes = [{"kind": "unpaired", "short": "", "text": (f"Partly paired: {u['a']} and {u['b']} differ in " if u.get("variants_only")
+                                                        else f"Not paired: {u['a']} and {u['b']} differ in ") + "; ".join(u["differ_in"])
               + "."} for u in unpaired]
     metrics = {"thresholds": runs[0].metrics.get("thresholds"), "variants": variants, "paired": tests,
                "caveats": [*merge_caveats([(r.name, r.metrics.get("caveats") or []) for r in runs], skip=("few_prompts",)), *notes],
@@ -155,6 +168,10 @@ def compare(run_dirs: list[Path], out_dir: Path, axes: list[str] | None = None, 
     for c in report.metrics["caveats"]:
         log.warning(f"! {c['text']}")
     significant = [t for t in tests if (t["holm"]["mcnemar"] or 1) < 0.05]
+    apart = [u for u in unpaired if not u.get("variants_only")]
+    for u in unpaired:
+        if u.get("variants_only"):
+            log.info(f"compare: {u['a']} and {u['b']} differ in {u['differ_in'][0]}")
     log.info(f"compare: {len(runs)} runs, {len(tests)} paired comparisons ({len(significant)} significant after Holm, "
-             f"McNemar), {len(unpaired)} pairs of runs not comparable; open {out_dir / 'compare.html'}")
+             f"McNemar), {len(apart)} pairs of runs not comparable; open {out_dir / 'compare.html'}")
     return result

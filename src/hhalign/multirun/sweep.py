@@ -30,7 +30,7 @@ from hhalign.artifacts import read_json, write_json
 from hhalign.config.files import load_config
 from hhalign.config.schema import RunConfig, check_plain_name
 from hhalign.engine.lock import command_line, owning
-from hhalign.engine.table import MANIFEST, STAGES, active
+from hhalign.engine.table import MANIFEST, active
 from hhalign.errors import ConfigError
 from hhalign.multirun.compare import compare
 from hhalign.pipeline import (
@@ -198,8 +198,8 @@ def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
     for point in sweep.points:
         for name, key in keys_of(point).items():
             by_stage.setdefault(name, {}).setdefault(key, []).append(point.name)
-    rows = []
-    for st in STAGES:
+    rows, order = [], {st.name: st for point in sweep.points for st in active(point.cfg)}  # points may differ in variants
+    for st in order.values():
         if st.name not in by_stage:
             continue
         groups = by_stage[st.name]

@@ -23,7 +23,7 @@ from hhalign.errors import UserError
 from hhalign.report import plots
 from hhalign.report.html import render_html
 from hhalign.report.markdown import FigureRef, Report, render_markdown
-from hhalign.stats.treatments import START, treatments
+from hhalign.stats.treatments import treatments
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
     metrics.setdefault("thresholds", {"harmful": metrics_cfg.harmful_threshold, "helpful": metrics_cfg.helpful_threshold})
     run_info = _read_optional(in_dir / RUN_FILE, problems)
     folder = RunFolder(in_dir)
-    train_reports = {v: _read_optional(folder.file(v, "train_report.json"), problems) for v in START}
+    starts = folder.starts()
+    train_reports = {v: _read_optional(folder.file(v, "train_report.json"), problems) for v in starts}
     return Report(
         title=_title(in_dir, run_info),
         source=str(in_dir),
@@ -75,8 +76,25 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
         missing=problems + _missing(data, metrics, run_info),
         data_report=_read_optional(RunFolder(in_dir).file("data", "data_report.json"), problems),
         run_info=run_info,
-        treatments=treatments(data, train_reports, plots.label),
+        treatments=treatments(data, train_reports, plots.label, starts),
+        costs=costs(folder, starts),
     )
+
+
+def costs(folder: RunFolder, starts: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """What each trained variant cost, from its training stage's manifest: wall seconds, CPU seconds, GPU seconds
+    (wall time x processes on GPUs) and peak memory; {} for a variant whose stage has no manifest."""
+    out = {}
+    for variant in starts:
+        m = folder.manifest(variant) or {}
+        if not m:
+            continue
+        use = m.get("usage") or {}
+        cpu = use.get("user_s", 0) + use.get("system_s", 0) if "user_s" in use else None
+        out[variant] = {"wall_seconds": m.get("wall_seconds"), "cpu_seconds": cpu,
+                        "gpu_seconds": use.get("gpu_seconds"), "peak_gb": use.get("peak_rss_gb"),
+                        "gpu_peak_gb": use.get("gpu_peak_gb"), "precision": m.get("precision")}
+    return out
 
 
 def _load_responses(in_dir: Path) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
@@ -107,7 +125,8 @@ def _missing(data: dict[str, Any], metrics: dict[str, Any], run_info: dict[str, 
     """variant/set pairs without responses: the metrics' own list, plus every pair of the run's
     variants (all four when there is no run.json) and both prompt sets that has no file."""
     config = (run_info or {}).get("config") or {}
-    variants = [v for v in config.get("variants") or VARIANTS if isinstance(v, str)]
+    declared = config.get("variants") or VARIANTS
+    variants = [v for v in declared if isinstance(v, str)]
     listed = metrics.get("missing") if isinstance(metrics.get("missing"), list) else []
     grid = [f"{v}/{s}" for v in variants for s in PROMPT_SETS if s not in (data.get(v) or {})]
     out = [str(m) for m in listed]

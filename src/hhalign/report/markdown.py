@@ -52,6 +52,7 @@ class Report:
     run_info: dict[str, Any] | None = None
     figures: list[FigureRef] = field(default_factory=list)
     treatments: list[dict[str, Any]] = field(default_factory=list)  # hhalign.stats.treatments.treatments
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # hhalign.report.build.costs: each training stage's
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -327,10 +328,56 @@ def treatments_table(report: Report) -> Table:
         ["model", "started from", "held-out figure", "after training", *[f"answers identical to start ({s})" for s in PROMPT_SETS], "acted"],
         rows,
         "Held-out figures from each training stage's train_report.json, on pairs no stage trained on: SFT's NLL of the "
-        "chosen responses (before -> after); DPO's implicit-reward accuracy, the share of pairs where the trained policy "
-        "raises the chosen response's log-probability ratio to its starting model above the rejected one's, with a Wilson "
-        "95% interval (before training it is 0 with every margin 0: the LoRA adapter starts at zero). A DPO stage acts when "
-        "that interval lies above 50%. Identical answers: prompts answered word for word as the starting model did.",
+        "chosen responses (before -> after); for DPO and KTO the implicit-reward accuracy, the share of pairs where the "
+        "trained policy raises the chosen response's log-probability ratio to its starting model above the rejected one's, "
+        "with a Wilson 95% interval (before training it is 0 with every margin 0: the LoRA adapter starts at zero); for "
+        "ORPO and SimPO, which have no reference model, the same ratio per response token (their own length-normalised "
+        "scale). A preference stage acts when that interval lies above 50%. Identical answers: prompts answered word for "
+        "word as the starting model did.",
+    )
+
+
+def _paired_lookup(report: Report) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(str(p.get("set")), str(p.get("a")), str(p.get("b"))): p for p in report.metrics.get("paired") or []}
+
+
+def _against(report: Report, variant: str, other: str, prompt_set: str) -> str:
+    """The rate difference (points) of ``variant`` over ``other`` on one prompt set, with McNemar's Holm p."""
+    found = _paired_lookup(report)
+    p, sign = found.get((prompt_set, other, variant)), 1
+    if p is None:
+        p, sign = found.get((prompt_set, variant, other)), -1
+    if p is None or p.get("a_rate") is None or p.get("b_rate") is None:
+        return DASH
+    diff = sign * (p["b_rate"] - p["a_rate"])
+    return f"{diff:+.0f} (Holm p {fmt_p((p.get('holm') or {}).get('mcnemar'))})"
+
+
+def cost_table(report: Report) -> Table:
+    """Per trained variant: what it gained over its start and over base on each rate, and what its training cost."""
+    variants = report.metrics.get("variants") or {}
+    base = next((v for v in variants if v not in {t["variant"] for t in report.treatments}), None)
+    rows = []
+    for t in report.treatments:
+        v, c = t["variant"], report.costs.get(t["variant"]) or {}
+        if v not in variants:
+            continue
+        exact = variants[v].get("exact") or {}
+        rows.append([label(v, report.metrics), str(t.get("method") or DASH), label(t["start"], report.metrics),
+                     fmt_num(exact.get("HmR")), fmt_num(exact.get("HpR")),
+                     *(_against(report, v, t["start"], s) for s in PROMPT_SETS),
+                     *((_against(report, v, base, s) if base and base != t["start"] else DASH) for s in PROMPT_SETS),
+                     fmt_num(c.get("wall_seconds"), 0), fmt_num(c.get("cpu_seconds"), 0), fmt_num(c.get("gpu_seconds"), 0),
+                     fmt_num(c.get("gpu_peak_gb") or c.get("peak_gb"), 2)])
+    return Table(
+        "What each variant gained, and what it cost",
+        ["model", "method", "from", "HmR %", "HpR %", "Δ HmR vs start", "Δ HpR vs start", "Δ HmR vs base", "Δ HpR vs base",
+         "training wall s", "CPU s", "GPU s", "peak GB"],
+        rows,
+        "Differences in percentage points on the same prompts, with McNemar's exact test Holm-corrected across every "
+        "comparison of the paired table. Cost: the variant's own training stage (its manifest), not the stages it starts "
+        "from; GPU seconds are wall seconds times processes on GPUs; peak memory is the GPU's where training ran on one, "
+        "else the process's resident memory.",
     )
 
 
@@ -359,7 +406,7 @@ def tables(report: Report) -> dict[str, list[Table]]:
     out: dict[str, list[Table]] = {}
     if report.metrics.get("variants"):
         out["results"] = [study_table(report), exact_table(report)]
-        out["treatments"] = [treatments_table(report)] if report.treatments else []
+        out["treatments"] = [treatments_table(report), cost_table(report)] if report.treatments else []
         out["judge"] = validity_tables(report) + judge_tables(report)
         out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
         out["length"] = length_tables(report)

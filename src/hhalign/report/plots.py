@@ -51,9 +51,9 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Any]:
 
 
 def variant_order(names: Iterable[str]) -> list[str]:
-    """Study order (Base, SFT, DPO, SFT+DPO) first, any other names after, alphabetically."""
+    """Study order (Base, SFT, DPO, SFT+DPO) first, any other names after, in the order given (a run's declared order)."""
     names = list(names)
-    return [v for v in VARIANTS if v in names] + sorted(v for v in names if v not in VARIANTS)
+    return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
 
 
 def variant_colors(names: Iterable[str]) -> dict[str, str]:

@@ -26,7 +26,7 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
     std is the sample standard deviation (n - 1), 0.0 with one seed: e.g. HmR 40, 44, 48 -> mean 44, std 4."""
     out: dict[str, Any] = {}
-    variants = [v for v in VARIANT_LABELS if any(v in m["variants"] for m in per_seed.values())]
+    variants = list(dict.fromkeys(v for m in per_seed.values() for v in m["variants"]))
     for v in variants:
         out[v] = {}
         for k in KEYS:
@@ -36,6 +36,12 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             out[v][k] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                          "min": min(values), "max": max(values), "values": values}
     return out
+
+
+def _label(variant: str, per_seed: dict[int, dict[str, Any]]) -> str:
+    """The variant's label as its metrics give it (a declared label), else the study's name, else the name."""
+    given = next((m["variants"][variant].get("label") for m in per_seed.values() if variant in m["variants"]), None)
+    return str(given or VARIANT_LABELS.get(variant, variant))
 
 
 def caveats(per_seed: dict[int, dict[str, Any]]) -> list[str]:
@@ -50,12 +56,12 @@ def to_markdown(summary: dict[str, Any], per_seed: dict[int, dict[str, Any]]) ->
              "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
     for v, stats in summary.items():
         cells = [f"{s['mean']:.1f} ± {s['std']:.1f} ({s['min']:.0f} to {s['max']:.0f})" if (s := stats.get(k)) else "n/a" for k in KEYS]
-        lines.append(f"| {VARIANT_LABELS[v]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(v, per_seed)} | " + " | ".join(cells) + " |")
     lines += ["", "## Per seed", "", "| seed | model | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]
     for seed, m in per_seed.items():
         for v, data in m["variants"].items():
             cells = [f"{data['exact'][k]:.1f}" if data["exact"].get(k) is not None else "n/a" for k in KEYS]
-            lines.append(f"| {seed} | {VARIANT_LABELS[v]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {seed} | {_label(v, per_seed)} | " + " | ".join(cells) + " |")
     lines += ["", f"Each seed's full report: {artifact(seed_folder('', 'N'), 'report', 'report.html')}.", ""]
     return "\n".join(lines)
 

@@ -2,6 +2,10 @@
 length-sorted left-padded batches) into 07_generate/{variant}_{set}.json.
 
     hhalign generate configs/tiny.yaml
+
+When the stage re-runs because the set of variants or one variant's model changed, a variant whose model, prompts
+and generation settings are those the previous manifest recorded keeps its answers (``_reusable``): adding a
+variant to a finished run generates for that variant alone.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import write_json
-from hhalign.config.schema import PROMPT_SETS, TINY, RunConfig
+from hhalign import parallel
+from hhalign.artifacts import read_json, read_manifest, sha256_path, write_json
+from hhalign.config.schema import PROMPT_SETS, RunConfig, section_hash
 from hhalign.data.prompts import load_prompts
-from hhalign.engine.table import VARIANT_STAGE, artifact
+from hhalign.engine.table import artifact, model_stage, stage_dir
 from hhalign.engine.work import Input, begin, model_input
 from hhalign.models.generation import generate_responses
 from hhalign.models.loading import load_causal_lm, pick_device, resolve_dtype
@@ -23,9 +28,10 @@ log = logging.getLogger(__name__)
 
 def variant_model(variant: str, cfg: RunConfig, run_dir: Path) -> Input:
     """The model a variant answers with: the base model as configured, else the stage's model/ folder."""
-    if variant == "base" and cfg.model.name_or_path != TINY:
+    stage = model_stage(cfg, variant)
+    if stage is None:
         return model_input(cfg.model.name_or_path, run_dir, "--set model.name_or_path=DIR")
-    return Input(str(artifact(run_dir, VARIANT_STAGE[variant], "model")))
+    return Input(str(artifact(run_dir, stage, "model")))
 
 
 def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
@@ -37,7 +43,14 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """Every variant answers every prompt set into 07_generate/{variant}_{set}.json; each model loads once. A
     resumed stage keeps the files it finished (each was written atomically)."""
-    work = begin("generate", cfg, run_dir, inputs(cfg, run_dir), resume=resume)
+    ins = inputs(cfg, run_dir)
+    reuse = _reusable(cfg, run_dir, ins)
+    work = begin("generate", cfg, run_dir, ins, resume=resume)
+    if work.main:
+        for name, rows in reuse.items():
+            if not (work.dir / name).is_file():
+                write_json(work.dir / name, rows)
+    parallel.barrier("kept answers")  # every rank sees what is kept before deciding what is left
     sets = {name.split("/", 1)[1]: Path(i.ref) for name, i in work.inputs.items() if name.startswith("prompts/")}
     dev = pick_device(cfg.generate.device)
     outputs, kept, cut, total, reasons = [], [], 0, 0, {}
@@ -61,4 +74,27 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
                + f"; {cut} of {total} prompts cut to fit the model's positions (oldest tokens dropped); finish reasons {reasons}")
     log.info(summary)
     return work.finish(outputs, extra={"summary": summary, "prompts_cut": cut, "prompts": total, "finish_reasons": reasons,
-                                       "kept": kept, "device": str(dev), "dtype": cfg.generate.dtype})
+                                       "kept": kept, "device": str(dev), "dtype": cfg.generate.dtype,
+                                       "generated_with": section_hash(cfg.to_dict()["generate"])})
+
+
+def _reusable(cfg: RunConfig, run_dir: Path, ins: dict[str, Input]) -> dict[str, list[dict[str, Any]]]:
+    """The response files of the previous finished stage that are still right: the same generation settings, the
+    same prompt files, and for each variant the same model (by content hash); {file name: its rows}."""
+    d = stage_dir(run_dir, "generate")
+    manifest = read_manifest(d)
+    if manifest is None or manifest.get("generated_with") != section_hash(cfg.to_dict()["generate"]):
+        return {}
+    old = {n: v.get("sha256") for n, v in (manifest.get("inputs") or {}).items()}
+    if any(old.get(n) != i.digest() for n, i in ins.items() if n.startswith("prompts/")):
+        return {}
+    out = {}
+    for variant in cfg.variants:
+        key = f"model/{variant}"
+        if key not in old or old[key] is None or old[key] != ins[key].digest():
+            continue
+        for s in PROMPT_SETS:
+            f, rec = d / f"{variant}_{s}.json", (manifest.get("artifacts") or {}).get(f"{variant}_{s}.json") or {}
+            if f.is_file() and rec.get("sha256") == sha256_path(f):
+                out[f.name] = read_json(f)
+    return out

@@ -17,7 +17,6 @@ from hhalign.data.responses import response_files
 from hhalign.engine.table import artifact, stage_dir
 from hhalign.engine.work import Input, begin
 from hhalign.report.build import build
-from hhalign.stats.treatments import START
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
     out |= {f"scored/{p.name}": Input(str(artifact(run_dir, "score", p.name))) for p in response_files(stage_dir(run_dir, "score"))}
     data_report = artifact(run_dir, "data", "data_report.json")
     out |= {"data_report": Input(str(data_report))} if data_report.is_file() else {}
-    trained = {v: artifact(run_dir, v, "train_report.json") for v in START if v in cfg.variants}  # "did it act?"
+    trained = {v: artifact(run_dir, v, "train_report.json") for v in cfg.trained()}  # "did it act?", and its cost
     return out | {f"train_report/{v}": Input(str(p)) for v, p in trained.items() if p.is_file()}
 
 

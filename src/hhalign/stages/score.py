@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign import parallel
-from hhalign.artifacts import atomic_write_bytes, read_jsonl, write_json
+from hhalign.artifacts import atomic_write_bytes, read_jsonl, read_manifest, write_json
 from hhalign.config.schema import PROMPT_SETS, RUN_RM, RunConfig, ScoreSection
 from hhalign.data.responses import (
     discover,
@@ -71,8 +71,15 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     """Copy 07_generate's response files into 08_score and rate them there (a resumed stage keeps rated files);
     then check the same judge on held-out pairs (judge.json)."""
     reference = read_reference(cfg.score.reference, stage_dir(run_dir, "generate")) if cfg.score.reference else None
-    work = begin("score", cfg, run_dir, inputs(cfg, run_dir), resume=resume)  # after the reference is checked: a bad one changes nothing
+    ins = inputs(cfg, run_dir)
+    reuse = _reusable(cfg, run_dir, ins)
+    work = begin("score", cfg, run_dir, ins, resume=resume)  # after the reference is checked: a bad one changes nothing
     names = [n.split("/", 1)[1] for n in work.inputs if n.startswith("responses/")]
+    if work.main:
+        for name, rows in reuse.items():
+            if not (work.dir / name).is_file():
+                write_json(work.dir / name, rows)
+    parallel.barrier("kept answers")  # every rank sees what is kept before deciding what is left
     todo = []
     for name in names:
         out = work.dir / name
@@ -110,6 +117,27 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     return work.finish([*names, JUDGE_FILE], extra={"summary": summary, "reward_model": rm, "dtype": cfg.score.dtype,
                                                     "pairs": sum(len(r) for r in ratings.values()),
                                                     "judge_accuracy": verdict.get("pairwise_accuracy")})
+
+
+def _reusable(cfg: RunConfig, run_dir: Path, ins: dict[str, Input]) -> dict[str, list[dict[str, Any]]]:
+    """The rated files of the previous finished stage that are still right: the same judge (by content) and score
+    settings, and a response file whose content is the one rated then; {file name: its rated rows}. A variant added
+    to a finished run is then the only one rated again (the judge's own checks run again: they are cheap)."""
+    d = stage_dir(run_dir, "score")
+    manifest = read_manifest(d)
+    if manifest is None or manifest.get("settings", {}).get("score") != cfg.to_dict()["score"]:
+        return {}
+    old = {n: v.get("sha256") for n, v in (manifest.get("inputs") or {}).items()}
+    if old.get("reward_model") is None or old.get("reward_model") != ins["reward_model"].digest():
+        return {}
+    out = {}
+    for key, inp in ins.items():
+        name = key.split("/", 1)[1] if key.startswith("responses/") else None
+        if name and old.get(key) is not None and old[key] == inp.digest() and (d / name).is_file():
+            rows = load_responses(d / name)
+            if all("rating" in e for e in rows):
+                out[name] = rows
+    return out
 
 
 def _distill(work: Any, reference: dict[str, dict[str, list[dict[str, Any]]]] | None, axes: list[str]) -> dict[str, Distilled]:

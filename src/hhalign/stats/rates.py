@@ -126,19 +126,23 @@ def _normalise(data: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, di
         out[variant] = dict(sets)
     if not out:
         raise MetricsError("no rated responses to measure")
-    return {v: out[v] for v in VARIANTS if v in out}
+    return {v: out[v] for v in VARIANTS if v in out} | {v: out[v] for v in out if v not in VARIANTS}
 
 
 # ----------------------------------------------------------------------------- assembly
 
 
-def compute_metrics(data: dict[str, dict[str, list[dict[str, Any]]]], cfg: MetricsSection) -> dict[str, Any]:
-    """variant -> set -> rated entries  ->  the metrics.json structure (see the report stage)."""
+def compute_metrics(data: dict[str, dict[str, list[dict[str, Any]]]], cfg: MetricsSection,
+                    labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """variant -> set -> rated entries  ->  the metrics.json structure (see the report stage). ``labels``: how to show
+    each variant (a run's declared ones, in their declared order; else the study's names, study order first)."""
     data = _normalise(data)
+    if labels:
+        data = {v: data[v] for v in labels if v in data} | {v: data[v] for v in data if v not in labels}
     check_prompts(data)
     thresholds = {"harmful": cfg.harmful_threshold, "helpful": cfg.helpful_threshold}
     ratings = {v: {s: [float(e["rating"]) for e in es] for s, es in sets.items()} for v, sets in data.items()}
-    variants = {v: _variant_block(v, data[v], thresholds, cfg) for v in data}
+    variants = {v: _variant_block(v, data[v], thresholds, cfg, (labels or {}).get(v)) for v in data}
     paired = []
     for prompt_set in PROMPT_SETS:
         have = [v for v in data if prompt_set in data[v]]
@@ -194,7 +198,8 @@ def with_holm(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _variant_block(
-    variant: str, sets: dict[str, list[dict[str, Any]]], thresholds: dict[str, float], cfg: MetricsSection
+    variant: str, sets: dict[str, list[dict[str, Any]]], thresholds: dict[str, float], cfg: MetricsSection,
+    label: str | None = None,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)  # per variant, so a variant's intervals do not depend on the others
     set_stats, ci, boots = {}, {}, {}
@@ -220,7 +225,7 @@ def _variant_block(
     ci["CAS"] = {"bootstrap": percentile_interval((boots["HmR"] + boots["HpR"]) / 2)} if both else None
     hmr, hpr = (set_stats[s]["rate"] if s in set_stats else None for s in PROMPT_SETS)
     return {
-        "label": VARIANT_LABELS[variant],
+        "label": label or VARIANT_LABELS.get(variant, variant),
         "study": study_scores(hmr, hpr),
         "exact": exact_scores(hmr, hpr),
         "ci": ci,
@@ -348,11 +353,11 @@ def merge_caveats(by_owner: list[tuple[str, list[dict[str, Any]]]], skip: tuple[
 
 
 def measure(data: dict[str, dict[str, list[dict[str, Any]]]], judge: dict[str, Any] | None, cfg: MetricsSection,
-            toy: bool) -> dict[str, Any]:
+            toy: bool, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The metrics of rated responses (variant -> set -> entries), with the judge's check (the score stage's
     judge.json, or None), each rate's validity and the caveats the numbers carry. ``toy``: the policies are the
     tiny from-scratch models. Reading them from a run folder: ``hhalign.engine.folder.RunFolder.measure``."""
-    metrics = compute_metrics(data, judged_thresholds(cfg, judge))
+    metrics = compute_metrics(data, judged_thresholds(cfg, judge), labels)
     metrics["judge"] = judge
     metrics["validity"] = judge_validity(judge, metrics["thresholds"], cfg)
     metrics["caveats"] = caveats(metrics, judge, toy)

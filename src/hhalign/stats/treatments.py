@@ -4,7 +4,10 @@ that are identical to those of the model it started from, per prompt set.
 A variant compared with Base means little when its training barely moved it; the report says so at the top
 (``caveats``) and shows this table.
 
-    rows = treatments(data, {"sft": sft_report, "dpo": dpo_report, "sft_dpo": sft_dpo_report})
+    rows = treatments(data, {"sft": sft_report, "dpo": dpo_report}, starts={"sft": "base", "dpo": "base"})
+
+Each stage's train_report.json names its held-out figure (``figure``): SFT's held-out NLL of the chosen responses,
+the preference methods' held-out reward accuracy (implicit for DPO and KTO, per token for ORPO and SimPO).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from hhalign.config.schema import PROMPT_SETS
 
-START = {"sft": "base", "dpo": "base", "sft_dpo": "sft"}  # the model each treatment starts from
+START = {"sft": "base", "dpo": "base", "sft_dpo": "sft"}  # the study's treatments and the variant each starts from
 IDENTICAL_FLAG = 0.5  # a treatment whose answers equal its start's on at least half the prompts is flagged
 EDGE = 0.51  # a DPO stage whose accuracy interval starts above 50% but below this acted "at the edge"
 
@@ -32,7 +35,7 @@ def heldout(variant: str, report: dict[str, Any] | None) -> dict[str, Any] | Non
     """The stage's held-out figure before and after, and whether it shows the treatment acting."""
     if not report:
         return None
-    if variant == "sft":
+    if "heldout_nll_chosen" in report:
         nll = report.get("heldout_nll_chosen") or {}
         before, after = nll.get("before"), nll.get("after")
         if before is None or after is None:
@@ -45,7 +48,8 @@ def heldout(variant: str, report: dict[str, Any] | None) -> dict[str, Any] | Non
     low, high = after["accuracy_interval"]
     acts = bool(after["acts"])
     digits = 3 if round(low, 2) == 0.5 else 2  # an interval from 0.5004 must not read "[0.50, ...]"
-    return {"figure": "held-out implicit-reward accuracy", "before": (report.get("before") or {}).get("implicit_reward_accuracy"),
+    return {"figure": report.get("figure") or "held-out implicit-reward accuracy",
+            "before": (report.get("before") or {}).get("implicit_reward_accuracy"),
             "after": after["implicit_reward_accuracy"], "interval": [low, high], "acts": acts,
             "edge": acts and low < EDGE, "pairs": after["pairs"], "margin": after.get("implicit_reward_margin"),
             "text": f"accuracy {after['implicit_reward_accuracy']:.2f} [{low:.{digits}f}, {high:.2f}] on {after['pairs']} pairs, "
@@ -71,11 +75,12 @@ def _by_length(after: dict[str, Any]) -> str:
 
 
 def treatments(data: dict[str, dict[str, list[dict[str, Any]]]], reports: dict[str, dict[str, Any] | None],
-               label: Callable[[str], str] = str) -> list[dict[str, Any]]:
+               label: Callable[[str], str] = str, starts: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per treated variant present in ``data`` or ``reports``: its start, held-out figure, identical
-    answers per prompt set, and the reasons (if any) to doubt that it acted (variants named by ``label``)."""
+    answers per prompt set, and the reasons (if any) to doubt that it acted (variants named by ``label``;
+    ``starts``: each trained variant's start, the study's by default)."""
     rows = []
-    for variant, start in START.items():
+    for variant, start in (START if starts is None else starts).items():
         if variant not in data and not reports.get(variant):
             continue
         same = {s: identical_share(data[variant][s], data[start][s]) for s in PROMPT_SETS
@@ -92,7 +97,8 @@ def treatments(data: dict[str, dict[str, list[dict[str, Any]]]], reports: dict[s
         for s, (k, n) in same.items():
             if n and k / n >= IDENTICAL_FLAG:
                 doubts.append(f"{k} of its {n} {s} answers are word for word {label(start)}'s")
-        rows.append({"variant": variant, "start": start, "heldout": held, "identical": same, "doubts": doubts,
+        rows.append({"variant": variant, "start": start, "method": (reports.get(variant) or {}).get("method"),
+                     "heldout": held, "identical": same, "doubts": doubts,
                      "by_length": _mostly_length(reports.get(variant)) if held and held["acts"] else None})
     return rows
 

@@ -1,4 +1,5 @@
-"""SFT: full fine-tune on the chosen dialogues (the study: plain text, loss on every token).
+"""SFT (``method: sft``): full fine-tune on the chosen dialogues (the study: plain text, loss on every token), with
+TRL's SFTTrainer. Its held-out figure is the per-token NLL of the held-out chosen responses, before and after.
 
     hhalign sft configs/tiny.yaml --data-dir ../shared/data/hh-rlhf
 
@@ -20,14 +21,12 @@ from hhalign.errors import TrainingError
 from hhalign.models.loading import load_causal_lm
 from hhalign.models.training import (
     StopOnInterrupt,
-    base_model,
     begin_training,
     finish_training,
     fit_rows,
     heldout_nll,
     last_checkpoint,
     load_rows,
-    pair_inputs,
     rows_reached,
     save_model_atomically,
     set_attention,
@@ -35,10 +34,6 @@ from hhalign.models.training import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
-    return {**pair_inputs(run_dir), "start": base_model(cfg, run_dir)}
 
 
 def check_padding_free(model: Any, args: dict[str, Any]) -> None:
@@ -55,27 +50,29 @@ def check_padding_free(model: Any, args: dict[str, Any]) -> None:
         )
 
 
-def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any] | None:
+def train(variant: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> dict[str, Any] | None:
+    """Fine-tune ``ins["start"]`` on the chosen dialogues into the variant's stage folder."""
     from trl import SFTTrainer
 
-    work = begin_training("sft", cfg, run_dir, inputs(cfg, run_dir), resume)
+    section = cfg.variant(variant).section
+    work = begin_training(variant, cfg, run_dir, ins, resume)
     # --- inputs
     source = work.inputs["start"].ref
-    rows, heldout = rows_reached(load_rows(work, "prefs"), cfg.sft), load_rows(work, "heldout", cfg.sft)
+    rows, heldout = rows_reached(load_rows(work, "prefs"), section), load_rows(work, "heldout", section)
     model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
-    attention = set_attention(model, cfg.sft, "sft")
-    check_padding_free(model, cfg.sft.args)
-    max_length = cfg.sft.args.get("max_length", 1024)
+    attention = set_attention(model, section, f"variants.{variant}" if cfg.variant(variant).overrides else "sft")
+    check_padding_free(model, section.args)
+    max_length = section.args.get("max_length", 1024)
     rows, lengths = fit_rows(rows, tok, max_length, keep=True, keys=("chosen",))
     heldout, _ = fit_rows(heldout, tok, max_length, keep=True, keys=("chosen",))  # measured as trained: bounded lengths
-    if cfg.sft.loss_on == "all":
+    if section.loss_on == "all":
         dataset = Dataset.from_dict({"text": [r["prompt"] + r["chosen"] for r in rows]})
         fixed: dict[str, Any] = {"dataset_text_field": "text"}
     else:
         dataset = Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "completion": [r["chosen"] for r in rows]})
         fixed = {"completion_only_loss": True}
     # --- train
-    args = trl_args("sft", cfg.sft, work.dir, cfg.seed, **fixed)
+    args = trl_args("sft", section, work.dir, cfg.seed, **fixed)
     before = heldout_nll(model, tok, heldout, bf16=args.bf16)  # in the precision the trainer computes in
     model.train()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[StopOnInterrupt()])
@@ -84,9 +81,9 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     # --- report
     after = heldout_nll(model, tok, heldout, bf16=args.bf16)
     report = {
-        "stage": "sft", "from": source, "loss_on": cfg.sft.loss_on, "attention": attention, "train_pairs": len(rows), "heldout_pairs": len(heldout),
+        "stage": variant, "method": "sft", "figure": "held-out NLL of chosen responses", "from": source, "loss_on": section.loss_on, "attention": attention, "train_pairs": len(rows), "heldout_pairs": len(heldout),
         "lengths": lengths, "heldout_nll_chosen": {"before": before, "after": after},
-        "summary": f"sft: held-out NLL of chosen responses {before:.3f} -> {after:.3f}; "
+        "summary": f"{variant} (sft): held-out NLL of chosen responses {before:.3f} -> {after:.3f}; "
                    f"{lengths['prompt_trimmed']} prompts trimmed to keep responses whole, {lengths['still_truncated']} still truncated",
     }
     log.info(report["summary"])
