@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per side (each of 8 rows)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--stage", choices=("sft", "dpo", "both", "dpo-stage"), default="both",
-                   help="dpo-stage: hhalign's own DPO stage (hhalign.stages.dpo.run) on OPT-350M, its peak memory")
+                   help="dpo-stage: hhalign's own DPO stage (hhalign.stages.train.run, variant dpo) on OPT-350M, its peak memory")
     p.add_argument("--max-length", type=int, default=None,
                    help=f"max_length for both sides (default: the study's, SFT {STUDY_SFT_MAX_LENGTH}, "
                         f"DPO {STUDY_DPO_MAX_LENGTH})")
@@ -466,11 +466,11 @@ def run_dpo_stage(args: argparse.Namespace) -> dict[str, Any]:
         if args.max_length:
             sets.append(f"dpo.max_length={args.max_length}")
         cfg = load_config(REPO / "configs" / "paper.yaml", overrides=sets)
-        from hhalign.stages.dpo import run as dpo_run
+        from hhalign.stages.train import run as train_run
 
         started = time.perf_counter()
         base_rss = current_rss()
-        dpo_run(cfg, run_dir)
+        train_run(cfg, run_dir, variant="dpo")
         total_s = time.perf_counter() - started
     return {"stage": "dpo-stage", "steps": args.steps, "total_s": total_s, "baseline_rss": base_rss,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

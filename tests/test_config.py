@@ -60,7 +60,7 @@ def test_a_float_in_exponent_form_is_a_float() -> None:
 def test_overrides_apply_with_types() -> None:
     cfg = load_config(CONFIGS[-1], overrides=["dpo.beta=0.2", "dpo.lora.r=16", "generate.protocol=chat", "variants=[base,dpo]"])
     assert cfg.dpo.args["beta"] == 0.2 and cfg.dpo.lora.args["r"] == 16
-    assert cfg.generate.protocol == "chat" and cfg.variants == ["base", "dpo"]
+    assert cfg.generate.protocol == "chat" and list(cfg.variants) == ["base", "dpo"]
 
 
 def _write(tmp_path: Path, text: str) -> Path:

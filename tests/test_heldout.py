@@ -11,7 +11,7 @@ import torch
 
 from hhalign.models.loading import load_causal_lm
 from hhalign.models.training import dpo_figures, dpo_heldout, pair_logps, response_logps
-from hhalign.stages.dpo import starts_at_zero
+from hhalign.methods.preference import starts_at_zero
 
 
 def _pairs(hh_rows: list[dict], n: int) -> list[dict]:

@@ -10,7 +10,7 @@ import torch
 
 from hhalign.models.loading import load_causal_lm, load_reward_model
 from hhalign.models.training import fit_rows
-from hhalign.stages.dpo import _pairs
+from hhalign.methods.preference import pairs_with_length as _with_length
 from hhalign.stages.rm import pairwise_accuracy
 
 
@@ -37,7 +37,7 @@ def _trainer(tiny_lm_dir: Path, rows: list[dict], tmp_path: Path, strategy: str)
     args = DPOConfig(output_dir=str(tmp_path / strategy), report_to="none", use_cpu=True, max_length=64, seed=0,
                      per_device_train_batch_size=4, train_sampling_strategy=strategy, remove_unused_columns=False)
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    return DPOTrainer(model=model, args=args, train_dataset=_pairs(rows, tok, 64), processing_class=tok, peft_config=lora)
+    return DPOTrainer(model=model, args=args, train_dataset=_with_length(rows, tok, 64, 0), processing_class=tok, peft_config=lora)
 
 
 def test_dpo_pairs_lengths_are_what_trl_pads_to(tiny_lm_dir: Path, hh_rows: list[dict], tmp_path: Path) -> None:

@@ -268,7 +268,7 @@ def test_compute_metrics_bootstrap_seeded():
     "data, message",
     [
         ({}, "no rated responses"),
-        ({"ppo": {"harmful": _entries([0.0])}}, "unknown variant 'ppo'"),
+        ({"Bad Name": {"harmful": _entries([0.0])}}, "unknown variant 'Bad Name'.*snake_case"),
         ({"base": {"toxic": _entries([0.0])}}, "unknown prompt set 'toxic'"),
         ({"base": {"harmful": []}}, "base/harmful has no responses"),
         ({"base": {"harmful": _entries([0.0, "abc"])}}, r"base/harmful entry 2 \(index 1\): \"rating\" is 'abc', not a number"),

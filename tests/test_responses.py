@@ -41,9 +41,10 @@ def test_canonical_variant(name, want):
     assert canonical_variant(name) == want
 
 
-def test_canonical_variant_unknown_names_allowed():
-    with pytest.raises(ValueError, match="unknown variant 'ppo'.*base, sft, dpo, sft_dpo"):
-        canonical_variant("ppo")
+def test_canonical_variant_takes_any_snake_case_name_and_refuses_others():
+    assert canonical_variant("ipo") == "ipo" and canonical_variant("KTO_beta2") == "kto_beta2"
+    with pytest.raises(ValueError, match="unknown variant 'my model'.*snake_case"):
+        canonical_variant("my model")
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,9 @@ def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     parent = raw.pop("extends", None)
@@ -358,6 +360,16 @@ def _check_passthrough(section: str, args: dict[str, Any], shown: str | None = N
                    **checkpointing_default(cls, args), **library_args(section, args)})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cls.__name__} rejects the '{where}' settings: {e}", where) from e
+    if section == "kto" and args.get("loss_type", "kto") != "apo_zero_unpaired":
+        # TRL's KTOTrainer refuses both when it starts; said here, before any stage runs
+        if args.get("per_device_train_batch_size", 8) <= 1:
+            raise ConfigError(f"'{where}.per_device_train_batch_size' is {args['per_device_train_batch_size']}: KTO estimates its KL "
+                              "term from the other examples of a batch, so it needs 2 or more (raise gradient_accumulation_steps "
+                              "instead to keep the step)", f"{where}.per_device_train_batch_size")
+        if args.get("train_sampling_strategy", "sequential") != "sequential":
+            raise ConfigError(f"'{where}.train_sampling_strategy' is {args['train_sampling_strategy']!r}: KTO pairs each example "
+                              "with its neighbour for the KL term, which needs 'sequential' (hhalign shuffles the examples "
+                              "once, with the run's seed)", f"{where}.train_sampling_strategy")
     if section == "dpo" and args.get("label_smoothing"):
         losses = args.get("loss_type", ["sigmoid"])
         losses = [losses] if isinstance(losses, str) else losses

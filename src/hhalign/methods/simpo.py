@@ -25,7 +25,8 @@ def _trainer() -> type:
     return CPOTrainer
 
 
-METHOD = Method("simpo", _trainer, pairs_dataset, normalised=True)
+# remove_unused_columns=False: its collator needs the text columns (TRL sets it with a warning otherwise)
+METHOD = Method("simpo", _trainer, pairs_dataset, normalised=True, fixed={"remove_unused_columns": False})
 
 
 def train(variant: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> dict[str, Any] | None:

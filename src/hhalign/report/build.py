@@ -76,7 +76,7 @@ def _load_inputs(in_dir: Path, metrics_cfg: MetricsSection, metrics: dict[str, A
         missing=problems + _missing(data, metrics, run_info),
         data_report=_read_optional(RunFolder(in_dir).file("data", "data_report.json"), problems),
         run_info=run_info,
-        treatments=treatments(data, train_reports, plots.label, starts),
+        treatments=treatments(data, train_reports, lambda v: plots.label(v, metrics), starts),
         costs=costs(folder, starts),
     )
 

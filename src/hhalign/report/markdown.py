@@ -313,7 +313,7 @@ def length_tables(report: Report) -> list[Table]:
 
 def caveat_texts(report: Report) -> list[str]:
     metrics = [str(c.get("text", "")) for c in report.metrics.get("caveats") or [] if isinstance(c, dict)]
-    return metrics + treatment_caveats(report.treatments, label)
+    return metrics + treatment_caveats(report.treatments, lambda v: label(v, report.metrics))
 
 
 def treatments_table(report: Report) -> Table:
@@ -322,7 +322,7 @@ def treatments_table(report: Report) -> Table:
         held = t["heldout"] or {}
         counts = [t["identical"].get(s, (0, 0)) for s in PROMPT_SETS]  # (identical, answered) per prompt set
         same = [f"{k}/{n} ({100 * k / n:.0f}%)" if n else DASH for k, n in counts]
-        rows.append([label(t["variant"]), label(t["start"]), held.get("figure", DASH), held.get("text", DASH), *same, verdict(t)])
+        rows.append([label(t["variant"], report.metrics), label(t["start"], report.metrics), held.get("figure", DASH), held.get("text", DASH), *same, verdict(t)])
     return Table(
         "Did each treatment act?",
         ["model", "started from", "held-out figure", "after training", *[f"answers identical to start ({s})" for s in PROMPT_SETS], "acted"],

@@ -12,6 +12,7 @@ all and returns them by name; ``save_figure`` writes one atomically in each requ
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def _interval(info: dict[str, Any], rate: str) -> list[float] | None:
 def fig_rates(metrics: dict[str, Any], with_ci: bool = False) -> Figure | None:
     if not metrics.get("variants"):
         return None
-    fig, (ax,) = _figure(7.5, 4.2)
+    fig, (ax,) = _figure(max(7.5, 0.45 * 3 * len(metrics["variants"]) + 1.5), 4.2)
     _bar_group(ax, metrics, with_ci)
     th = metrics.get("thresholds", {})
     what = "with 95% intervals (Wilson; bootstrap for CAS)" if with_ci else "per variant"
@@ -152,7 +153,8 @@ def _rating_figure(data: dict[str, Any], height: float, title: str, draw: Callab
     sets = [s for s in _sets_present(data) if _ratings(data, s)]
     if not sets:
         return None
-    fig, axes = _figure(4.2 * len(sets) + 0.6, height, len(sets))
+    n = max(len(_ratings(data, s)) for s in sets)
+    fig, axes = _figure(max(4.2, 0.6 * n + 1.4) * len(sets) + 0.6, height, len(sets))  # up to ten variants stay legible
     for ax, s in zip(axes, sets):
         ratings = _ratings(data, s)
         draw(ax, s, ratings, variant_colors(ratings), list(ratings))
@@ -169,7 +171,7 @@ def fig_box(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
         for patch, v in zip(bp["boxes"], names):
             patch.set_facecolor(colors[v])
             patch.set_alpha(0.75)
-        ax.set_xticks(range(1, len(names) + 1), [label(v, metrics) for v in names])
+        ax.set_xticks(range(1, len(names) + 1), [label(v, metrics) for v in names], rotation=30 if len(names) > 5 else 0)
         _threshold_line(ax, metrics, s, horizontal=True)
         n = max(len(r) for r in ratings.values())
         ax.set_title(f"{s} prompts (n = {n}); dashed: threshold {_g((metrics.get('thresholds') or {}).get(s))}")
@@ -186,7 +188,7 @@ def fig_means(data: dict[str, Any], metrics: dict[str, Any]) -> Figure | None:
         means = [sum(r) / len(r) for r in ratings.values()]
         bars = ax.bar(range(len(names)), means, color=[colors[v] for v in names], width=0.6)
         ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=8)
-        ax.set_xticks(range(len(names)), [label(v, metrics) for v in names])
+        ax.set_xticks(range(len(names)), [label(v, metrics) for v in names], rotation=30 if len(names) > 5 else 0)
         ax.axhline(0, color="black", linewidth=0.8)
         _threshold_line(ax, metrics, s, horizontal=True)
         ax.set_title(f"{s} prompts; dashed: threshold {_g((metrics.get('thresholds') or {}).get(s))}")
@@ -355,7 +357,8 @@ def stamp_caveats(fig: Figure, metrics: dict[str, Any]) -> None:
     shorts = [str(c["short"]) for c in metrics.get("caveats") or [] if isinstance(c, dict) and c.get("short")]
     if shorts:
         title = fig._suptitle.get_text() if fig._suptitle is not None else ""
-        fig.suptitle("\n".join([*([title] if title else []), "; ".join(shorts)]), color="#B00020", fontsize=9)
+        stamp = textwrap.fill("; ".join(shorts), width=int(fig.get_figwidth() * 15))  # about 15 characters an inch at 9 pt
+        fig.suptitle("\n".join([*([title] if title else []), stamp]), color="#B00020", fontsize=9)
 
 
 def make_figures(metrics: dict[str, Any], data: dict[str, Any]) -> dict[str, tuple[str, Figure]]:
