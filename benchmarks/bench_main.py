@@ -62,15 +62,15 @@ def cpu() -> str:
 
 
 def stage_rows(run: Path) -> list[dict]:
-    from hhalign.engine.table import MANIFEST, STAGES
+    """One row per finished stage folder of the run (NN_name/manifest.json), in folder order: whichever variants the
+    run declared, each training stage is a row."""
+    from hhalign.engine.table import MANIFEST
 
     rows = []
-    for st in STAGES:
-        d = run / st.folder
-        if not (d / MANIFEST).is_file():
-            continue
+    for d in sorted(p for p in run.iterdir() if p.is_dir() and p.name[:2].isdigit() and (p / MANIFEST).is_file()):
         m = json.loads((d / MANIFEST).read_text())
-        row = {"stage": st.name, "wall_s": m.get("wall_seconds"), **m.get("usage", {})}
+        name = m.get("stage") or d.name.split("_", 1)[1]
+        row = {"stage": name, "wall_s": m.get("wall_seconds"), **m.get("usage", {})}
         report = d / "train_report.json"
         if report.is_file():
             logs = json.loads(report.read_text()).get("log_history", [])
@@ -79,7 +79,7 @@ def stage_rows(run: Path) -> list[dict]:
             tokens = max((h.get("num_tokens", 0) for h in logs), default=0)
             if tokens and row["train_s"]:
                 row["tokens_per_s"] = tokens / row["train_s"]
-        if st.name == "generate":
+        if name == "generate":
             new = sum(e["n_new_tokens"] for f in d.glob("*_*.json") if f.name != MANIFEST for e in json.loads(f.read_text()))
             row["tokens_per_s"] = new / m["wall_seconds"] if m.get("wall_seconds") else None
         rows.append(row)

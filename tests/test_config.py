@@ -13,6 +13,7 @@ from hhalign.config.schema import RunConfig
 from hhalign.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml")
                   if "accelerate" not in p.parts and not p.name.startswith("sweep"))  # sweep files: tests/test_sweep.py
 
@@ -48,17 +49,17 @@ def test_paper_preset_has_the_studys_settings() -> None:
 
 def test_a_float_in_exponent_form_is_a_float() -> None:
     """PyYAML reads 1e-3 (no dot) as a string; a float setting takes it as the number it means."""
-    cfg = load_config(CONFIGS[-1], overrides=["dpo.learning_rate=1e-3", "dpo.beta=5E-2", "metrics.harmful_threshold=-2e0"])
+    cfg = load_config(TINY_PRESET, overrides=["dpo.learning_rate=1e-3", "dpo.beta=5E-2", "metrics.harmful_threshold=-2e0"])
     assert cfg.dpo.args["learning_rate"] == 0.001 and cfg.dpo.args["beta"] == 0.05
     assert cfg.metrics.harmful_threshold == -2.0
     with pytest.raises(ConfigError, match="'dpo.beta' must be float"):
-        load_config(CONFIGS[-1], overrides=["dpo.beta=1e-3x"])
+        load_config(TINY_PRESET, overrides=["dpo.beta=1e-3x"])
     with pytest.raises(ConfigError, match="'dpo.learning_rate' is -0.001; it must be > 0.0"):
-        load_config(CONFIGS[-1], overrides=["dpo.learning_rate=-1e-3"])
+        load_config(TINY_PRESET, overrides=["dpo.learning_rate=-1e-3"])
 
 
 def test_overrides_apply_with_types() -> None:
-    cfg = load_config(CONFIGS[-1], overrides=["dpo.beta=0.2", "dpo.lora.r=16", "generate.protocol=chat", "variants=[base,dpo]"])
+    cfg = load_config(TINY_PRESET, overrides=["dpo.beta=0.2", "dpo.lora.r=16", "generate.protocol=chat", "variants=[base,dpo]"])
     assert cfg.dpo.args["beta"] == 0.2 and cfg.dpo.lora.args["r"] == 16
     assert cfg.generate.protocol == "chat" and list(cfg.variants) == ["base", "dpo"]
 
@@ -78,7 +79,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("dpo:\n  lora:\n    rank: 8\n", ["unknown key 'dpo.lora.rank'", "LoraConfig"]),
         ("sft:\n  learning_rate: -0.1\n", ["'sft.learning_rate' is -0.1", "> 0.0"]),
         ("metrics:\n  harmful_threshold: high\n", ["'metrics.harmful_threshold' must be float", "'high'"]),
-        ("variants: [base, rlhf]\n", ["'variants' is 'rlhf'", "base, sft, dpo, sft_dpo"]),
+        ("variants: [base, rlhf]\n", ["variants ['rlhf']: the list form picks from the study's base, sft, dpo, sft_dpo"]),
         ("generate:\n  max_new_tokens: 0\n", ["'generate.max_new_tokens' must be a positive integer"]),
         ("dpo:\n  beta: fast\n", ["'dpo.beta' must be float"]),
         ("dpo:\n  lora:\n    target_modules: 5\n", ["'dpo.lora.target_modules' must be", "a list of str", "got 5"]),
@@ -99,9 +100,9 @@ def test_bad_config_names_the_problem(tmp_path: Path, text: str, expected: list[
 
 def test_bad_override_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'dpo.bta'"):
-        load_config(CONFIGS[-1], overrides=["dpo.bta=0.2"])
+        load_config(TINY_PRESET, overrides=["dpo.bta=0.2"])
     with pytest.raises(ConfigError, match="key=value"):
-        load_config(CONFIGS[-1], overrides=["dpo.beta"])
+        load_config(TINY_PRESET, overrides=["dpo.beta"])
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_robust_dpo_with_label_smoothing_is_allowed() -> None:
-    cfg = load_config(CONFIGS[-1], overrides=["dpo.loss_type=robust", "dpo.label_smoothing=0.1"])
+    cfg = load_config(TINY_PRESET, overrides=["dpo.loss_type=robust", "dpo.label_smoothing=0.1"])
     assert cfg.dpo.args["loss_type"] == ["robust"]
 
 
@@ -124,9 +125,9 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path, capsys: pyte
 
 
 def test_hash_changes_with_settings() -> None:
-    a = load_config(CONFIGS[-1])
-    b = load_config(CONFIGS[-1], overrides=["dpo.beta=0.3"])
-    assert a.hash() == load_config(CONFIGS[-1]).hash() != b.hash()
+    a = load_config(TINY_PRESET)
+    b = load_config(TINY_PRESET, overrides=["dpo.beta=0.3"])
+    assert a.hash() == load_config(TINY_PRESET).hash() != b.hash()
 
 
 def test_the_presets_ship_in_the_wheel(tmp_path: Path) -> None:
@@ -150,5 +151,5 @@ def test_a_preset_is_found_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: the packaged presets answer
     assert load_config("configs/tiny.yaml").name == "tiny"
     assert load_config("paper").name == "paper"
-    with pytest.raises(ConfigError, match="config file not found: nope.yaml.*shipped with hhalign: paper, paper_fast, smol, tiny"):
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml.*shipped with hhalign: methods, paper, paper_fast, smol, smol_methods, tiny, tiny_methods"):
         load_config("nope.yaml")

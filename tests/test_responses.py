@@ -58,10 +58,13 @@ def test_canonical_variant_takes_any_snake_case_name_and_refuses_others():
         (Path("/x/3_dpo_harmful.json"), ("dpo", "harmful")),
         ("manifest.json", None),
         ("base_harmful.jsonl", None),
-        ("ppo_harmful.json", None),
+        ("ppo_harmful.json", ("ppo", "harmful")),  # any declared variant's name
+        ("ipo_beta_05_helpful.json", ("ipo_beta_05", "helpful")),
+        ("Bad Name_harmful.json", None),
         ("base_other.json", None),
         (".base_harmful.json.tmp-12", None),
-        ("x_base_harmful.json", None),
+        ("x_base_harmful.json", ("x_base", "harmful")),
+        ("base_harmful_2.json", None),
     ],
 )
 def test_parse_response_filename(name, want):

@@ -75,10 +75,11 @@ def test_no_other_module_spells_a_stage_folder() -> None:
 def test_every_stage_module_has_the_contract() -> None:
     import inspect
 
-    assert list(pipeline.MODULES) == [st.name for st in table.STAGES]
+    assert sorted(pipeline.MODULES) == sorted([st.name for st in table.FIXED] + ["train"])
     for st in table.STAGES:
-        mod = pipeline.MODULES[st.name]
-        assert mod.__name__ == f"hhalign.stages.{st.name}"
+        mod = pipeline.MODULES[st.runner]
+        assert mod.__name__ == f"hhalign.stages.{st.runner}"
+        assert (st.runner == "train") == (st.variant is not None), st.name
         assert list(inspect.signature(mod.run).parameters)[:2] == ["cfg", "run_dir"], st.name
         assert "resume" in inspect.signature(mod.run).parameters, st.name
         assert callable(mod.inputs), st.name
@@ -383,7 +384,7 @@ def test_run_options_on_files_are_refused_not_ignored(extra: list[str], paper_di
 def test_the_preset_list_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["run", "--help"])
-    assert "shipped preset by name (paper, paper_fast, smol, tiny)" in " ".join(capsys.readouterr().out.split())
+    assert "shipped preset by name (methods, paper, paper_fast, smol, smol_methods, tiny, tiny_methods)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -319,6 +319,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_choices(self, "")
         check_plain_name(self.name, "name", "--name")
+        if isinstance(self.variants, (list, tuple)):  # RunConfig(variants=["base", "sft"]): the list form
+            unknown = [n for n in self.variants if n not in STUDY]
+            if unknown:
+                raise ConfigError(f"variants {unknown}: the list form picks from the study's {', '.join(VARIANTS)}", "variants")
+            self.variants = {n: implied_variant(n) for n in self.variants}
         if not self.variants:
             self.variants = {n: implied_variant(n) for n in VARIANTS}
         check_variants(self.variants, lambda method: getattr(self, method))
