@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="smol", help="a preset name or a config file (default: smol, the main job)")
+def parse_args(argv: list[str] | None = None, config: str = "smol", description: str = __doc__) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    p.add_argument("--config", default=config, help=f"a preset name or a config file (default: {config})")
     p.add_argument("--data-dir", type=Path, default=DATA, help="local HH-RLHF folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as hhalign's")
     p.add_argument("--out", type=Path, default=None, help="run folder parent (default: a temporary folder, removed)")

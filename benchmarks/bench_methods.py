@@ -12,7 +12,6 @@ its answers loop (a phrase three or more times, or a repeated line) or are empty
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -20,20 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_main import DATA, cpu, run_job, stage_rows, table  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="smol_methods", help="a preset name or a config file (default: smol_methods)")
-    p.add_argument("--data-dir", type=Path, default=DATA, help="local HH-RLHF folder")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as hhalign's")
-    p.add_argument("--out", type=Path, default=None, help="run folder parent (default: a temporary folder, removed)")
-    p.add_argument("--folder", type=Path, default=None, help="the tables of this finished run folder, nothing run")
-    p.add_argument("--json", type=Path, default=None, help="also write the tables here")
-    args = p.parse_args(argv)
-    args.rev = None
-    return args
+from bench_main import cpu, parse_args, run_job, stage_rows, table  # noqa: E402
 
 
 def variant_rows(run: Path) -> list[dict]:
@@ -82,7 +68,9 @@ def methods_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv, config="smol_methods", description=__doc__)
+    if args.rev or args.compare:
+        raise SystemExit("bench_methods: --rev and --compare are bench_main.py's; here: --config, --folder, --json")
     print(f"machine: {cpu()}; python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder:

@@ -33,6 +33,19 @@ def our_frames(text: str) -> list[str]:
     return [f for f in frames if any(str(Path(f.split('"')[1]).resolve()).startswith(r + os.sep) for r in roots)]
 
 
+def small_run(tmp: Path, *extra: str) -> list[str]:
+    """``--set`` arguments that make the tiny presets' end-to-end runs small (96 training pairs, 10 prompts a set, one
+    epoch, 20 new tokens) into ``tmp``; ``extra``: more settings."""
+    helpful = tmp / "helpful10.json"
+    if not helpful.exists():
+        helpful.write_text(json.dumps(json.loads((PAPER_DIR / "prompts" / "helpful_prompts.json").read_text())[:10]))
+    sets = [f"output_dir={tmp}", f"data.source={HH_DIR}", f"data.helpful_prompts_file={helpful}",
+            "data.max_train_rows=96", "data.heldout_rows=24", "data.eval_size=10", "pretrain.num_train_epochs=1",
+            "sft.num_train_epochs=1", "rm.num_train_epochs=1", "metrics.bootstrap_samples=200",
+            "generate.max_new_tokens=20", "report.formats=[png]", *extra]
+    return sum((["--set", s] for s in sets), [])
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"reference data not found at {path}: put the project's shared/ folder beside the checkout")

@@ -5,7 +5,6 @@ presets keep their four variants and their stage keys."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from conftest import small_run
 
 from hhalign.artifacts import read_json
 from hhalign.cli import main
@@ -28,14 +28,7 @@ VARIANTS = ["base", "sft", "dpo", "sft_dpo", "ipo", "kto", "orpo", "simpo"]
 
 
 def _settings(tmp: Path) -> list[str]:
-    helpful = tmp / "helpful10.json"
-    if not helpful.exists():
-        helpful.write_text(json.dumps(json.loads((SHARED / "paper" / "prompts" / "helpful_prompts.json").read_text())[:10]))
-    sets = [f"output_dir={tmp}", f"data.source={SHARED / 'hh-rlhf'}", f"data.helpful_prompts_file={helpful}",
-            "data.max_train_rows=96", "data.heldout_rows=24", "data.eval_size=10", "pretrain.num_train_epochs=1",
-            "sft.num_train_epochs=1", "dpo.num_train_epochs=1", "orpo.num_train_epochs=1", "simpo.num_train_epochs=1",
-            "rm.num_train_epochs=1", "metrics.bootstrap_samples=200", "generate.max_new_tokens=20", "report.formats=[png]"]
-    return sum((["--set", s] for s in sets), [])
+    return small_run(tmp, "dpo.num_train_epochs=1", "orpo.num_train_epochs=1", "simpo.num_train_epochs=1")
 
 
 def _run(config: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -62,7 +55,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_every_method_trains_is_judged_tested_and_reported(finished: Path) -> None:
+def test_every_method_trains_is_judged_tested_and_reported(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = finished / "tiny_methods"
     for variant, method in (("sft", "sft"), ("dpo", "dpo"), ("sft_dpo", "dpo"), ("ipo", "dpo"), ("kto", "kto"),
                             ("orpo", "orpo"), ("simpo", "simpo")):
@@ -91,6 +84,10 @@ def test_every_method_trains_is_judged_tested_and_reported(finished: Path) -> No
     assert "What each variant gained, and what it cost" in md
     cost = next(ln for ln in md.splitlines() if ln.startswith("| KTO | kto | SFT |"))
     assert float(cost.split("|")[10]) > 0  # its training wall seconds, from its manifest
+    capsys.readouterr()
+    assert main(["verify", str(run_dir)]) == 0  # every variant's stage folder checked against its manifest
+    verified = capsys.readouterr().out
+    assert all(f"{stage_dir(run_dir, v).name}: ok" in verified for v in ("ipo", "kto", "orpo", "simpo")), verified
 
 
 @pytest.mark.slow
@@ -104,7 +101,7 @@ def test_a_variant_added_to_a_finished_run_trains_alone_and_a_removed_one_leaves
     plan = {ln.split()[1]: ln for ln in dry.stdout.splitlines() + dry.stderr.splitlines() if ln.strip().startswith("[")}
     assert "run (not done yet)" in plan["hinge"]
     assert all("skip" in plan[v] for v in ("sft", "dpo", "sft_dpo", "ipo", "kto", "orpo", "simpo", "rm")), plan
-    assert "settings changed: variants" in plan["generate"]
+    assert "upstream hinge re-runs" in plan["generate"]
     done = _run(added, finished)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     gen = read_json(stage_dir(run_dir, "generate") / "manifest.json")
@@ -116,11 +113,14 @@ def test_a_variant_added_to_a_finished_run_trains_alone_and_a_removed_one_leaves
                       "kto: {method: kto, from: sft, label: KTO}}")
     done = _run(removed, finished)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "[1/9] data: skipped" in done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert "data: skipped" in out and "kto: skipped" in out and "kto: run" not in out
+    summary = read_json(stage_dir(run_dir, "score") / "manifest.json")["summary"]
+    assert summary.startswith("score: 0 files rated") and summary.endswith("8 kept from before"), summary
     metrics = read_json(stage_dir(run_dir, "metrics") / "metrics.json")
     assert list(metrics["variants"]) == ["base", "sft", "dpo", "kto"]
     md = (stage_dir(run_dir, "report") / "report.md").read_text()
-    assert "| KTO |" in md and "SimPO" not in md and "hinge" not in md
+    assert "| KTO |" in md and "| SimPO |" not in md and "| hinge |" not in md
     assert not (stage_dir(run_dir, "score") / "simpo_harmful.json").exists()
 
 

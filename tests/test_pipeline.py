@@ -4,7 +4,6 @@ training and during generation followed by a resume that ends with the same metr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import killpoints
 import pytest
+from conftest import small_run
 
 from hhalign.artifacts import read_json, sha256_file
 from hhalign.engine.table import stage_dir
@@ -23,14 +23,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def _settings(tmp: Path) -> list[str]:
-    helpful = tmp / "helpful10.json"
-    if not helpful.exists():
-        helpful.write_text(json.dumps(json.loads((SHARED / "paper" / "prompts" / "helpful_prompts.json").read_text())[:10]))
-    sets = [f"output_dir={tmp}", f"data.source={SHARED / 'hh-rlhf'}", f"data.helpful_prompts_file={helpful}",
-            "data.max_train_rows=96", "data.heldout_rows=24", "data.eval_size=10", "pretrain.num_train_epochs=1",
-            "sft.num_train_epochs=1", "sft.save_steps=4", "rm.num_train_epochs=1", "metrics.bootstrap_samples=200",
-            "generate.max_new_tokens=20", "report.formats=[png]"]
-    return sum((["--set", s] for s in sets), [])
+    return small_run(tmp, "sft.save_steps=4")
 
 
 def _cli(*args: str, tmp: Path) -> list[str]:

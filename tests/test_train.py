@@ -185,3 +185,23 @@ def test_killed_sft_resumes_to_the_same_weights(tmp_path: Path, trained: Path) -
     assert resumed.keys() == reference.keys()
     for k in reference:
         torch.testing.assert_close(resumed[k], reference[k], rtol=1e-4, atol=1e-5)
+
+
+def test_dpo_with_full_weights_trains_every_weight_against_a_frozen_copy(tmp_path: Path, trained: Path) -> None:
+    """``adapter: full``: no adapter, the reference a separate frozen copy, model/ the trained weights themselves."""
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "tiny"
+    for stage in ("data", "pretrain"):
+        shutil.copytree(stage_dir(trained, stage), stage_dir(run_dir, stage))
+    cfg = _cfg(tmp_path, "dpo.adapter=full", "dpo.max_steps=3")
+    pipeline.run_stage("dpo", cfg, run_dir)
+    r = _report(run_dir, "dpo")
+    assert r["adapter"] == "full" and r["reference"] == "separate copy" and "lora_tensors" not in r["parameters"]
+    assert r["parameters"]["changed"] == r["parameters"]["trained_tensors"] > 0
+    assert r["before"]["by_construction"] == "the policy starts as a copy of the reference" and r["after"]["pairs"] > 0
+    assert not (stage_dir(run_dir, "dpo") / "adapter").exists()
+    assert set(read_json(stage_dir(run_dir, "dpo") / "manifest.json")["outputs"]) == {"model", "train_report.json"}
+    start = AutoModelForCausalLM.from_pretrained(stage_dir(run_dir, "pretrain") / "model").state_dict()
+    trained_full = AutoModelForCausalLM.from_pretrained(stage_dir(run_dir, "dpo") / "model").state_dict()
+    assert any("fc1" in k and not torch.equal(start[k], trained_full[k]) for k in start)  # beyond q_proj and v_proj

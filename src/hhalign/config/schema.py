@@ -301,7 +301,7 @@ class RunConfig:
     name: str = _f("run", "run folder name under output_dir")
     output_dir: str = _f("runs", "where run folders go")
     seed: int = _f(42, "seed for training and anything random outside the eval prompt draw")
-    variants: dict[str, Variant] = _f({}, "the variants to build and evaluate: a list of the study's (base, sft, dpo, sft_dpo), or a mapping name -> {method: sft|dpo|kto|orpo|simpo, from: VARIANT, label: TEXT, any key of the method's section}; {} (no method) is the base model")
+    variants: dict[str, Variant] = _f(list(VARIANTS), "the variants to build and evaluate: a list of the study's (base, sft, dpo, sft_dpo), or a mapping name -> {method: sft|dpo|kto|orpo|simpo, from: VARIANT, label: TEXT, any key of the method's section}; {} (no method) is the base model")
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
