@@ -116,3 +116,19 @@ def test_holm_in_the_single_run_table(tmp_path: Path) -> None:
     assert [p["holm"]["mcnemar"] for p in m["paired"]] == pytest.approx(holm(raw))
     assert all(p["holm"]["mcnemar"] >= p["mcnemar"]["p"] for p in m["paired"])
     assert holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+
+
+def test_runs_with_different_variants_are_compared_on_those_they_share(tmp_path: Path) -> None:
+    if not PAPER.is_dir():
+        pytest.skip(f"the study's released responses are not at {PAPER}")
+    a = _run(tmp_path, "four", {f"{v}_{s}.json": f"{k}_{f}_{s}.json" for v, k, f in
+                                (("base", 1, "base"), ("sft", 2, "sft"), ("dpo", 3, "dpo")) for s in ("harmful", "helpful")})
+    b = _run(tmp_path, "methods", {f"{v}_{s}.json": f"{k}_{f}_{s}.json" for v, k, f in
+                                   (("base", 1, "base"), ("ipo", 4, "sftdpo")) for s in ("harmful", "helpful")})
+    out = compare([a, b], tmp_path / "cmp", samples=200)
+    assert {t["variant"] for t in out["paired"]} == {"base"} and len(out["paired"]) == 2
+    (note,) = out["unpaired"]
+    assert note["variants_only"] and note["differ_in"] == ["their variants (sft, dpo only in four; ipo only in methods): "
+                                                           "compared on the 1 they share"]
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Partly paired: four and methods differ in their variants (sft, dpo only in four; ipo only in methods)" in md

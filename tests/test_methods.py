@@ -205,3 +205,20 @@ def test_the_study_presets_keep_their_four_variants_and_stage_keys(preset: str) 
         st = table.get(name, cfg)
         assert (st.folder, st.settings) == (folder, keys)
         assert settings(st, cfg)[keys[1]] == cfg.to_dict()[keys[1]]
+
+
+def test_a_setting_added_since_a_manifest_was_written_counts_as_unchanged_at_its_default() -> None:
+    """A run folder made before ``dpo.adapter`` (or the report's ``labels``) existed resumes; another value re-runs."""
+    from hhalign.engine.work import changed_settings
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    row = table.get("dpo", cfg)
+    now = settings(row, cfg)
+    old = {**now, "dpo": {k: v for k, v in now["dpo"].items() if k != "adapter"}}
+    assert changed_settings(old, now) == []
+    full = load_config(REPO / "configs" / "tiny.yaml", overrides=["dpo.adapter=full"])
+    assert changed_settings(old, settings(row, full)) == ["dpo.adapter"]
+    metrics = settings(table.get("metrics", cfg), cfg)
+    assert changed_settings({"metrics": metrics["metrics"]}, metrics) == []  # the study's labels, as before
+    labelled = load_config(REPO / "configs" / "tiny.yaml", overrides=["variants={base: {label: Pretrained}}"])
+    assert changed_settings({"metrics": metrics["metrics"]}, settings(table.get("metrics", labelled), labelled)) != []
