@@ -30,7 +30,8 @@ def inputs(cfg: RunConfig, run_dir: Path) -> dict[str, Input]:
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]:
     """09_metrics/metrics.json from 08_score's rated responses, and the study's table on the console."""
     work = begin("metrics", cfg, run_dir, inputs(cfg, run_dir), resume=False)
-    labels = {n: v.shown for n, v in cfg.variants.items()}
+    base = cfg.base_variant()  # first: the length-controlled effects are measured against the first variant
+    labels = {n: v.shown for n, v in sorted(cfg.variants.items(), key=lambda item: item[0] != base)}
     metrics = RunFolder(stage_dir(run_dir, "score")).measure(cfg.metrics, work.dir / "metrics.json", toy=cfg.model.name_or_path == TINY,
                                                              labels=labels)
     log.info(format_table(metrics))
