@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hhalign.errors import ConfigError
 
@@ -155,6 +155,7 @@ class PretrainSection(TrainSection):
 
 @dataclass
 class SFTSection(TrainSection):
+    HELP: ClassVar[str] = "supervised fine-tuning on the chosen dialogues"  # a method's stage help (hhalign.engine.table)
     loss_on: str = _f("all", "'all': loss on every token of the chosen dialogue (the study); 'assistant': final assistant turn only", ("all", "assistant"))
 
     def __post_init__(self) -> None:
@@ -186,20 +187,28 @@ class PreferenceSection(TrainSection):
 class DPOSection(PreferenceSection):
     """trl.DPOConfig: every loss TRL has (loss_type, weighted mixes with loss_weights)."""
 
+    HELP: ClassVar[str] = "DPO (any TRL loss) on the preference pairs"
+
 
 @dataclass
 class KTOSection(PreferenceSection):
     """trl.KTOConfig: each preference pair gives a desirable (chosen) and an undesirable (rejected) example."""
+
+    HELP: ClassVar[str] = "KTO on the pairs' chosen (desirable) and rejected (undesirable) answers"
 
 
 @dataclass
 class ORPOSection(PreferenceSection):
     """trl.experimental.orpo.ORPOConfig: no reference model; an odds-ratio term on top of SFT on the chosen."""
 
+    HELP: ClassVar[str] = "ORPO: SFT on the chosen plus an odds-ratio preference term, no reference model"
+
 
 @dataclass
 class SimPOSection(PreferenceSection):
     """trl.experimental.cpo.CPOConfig with loss_type simpo and cpo_alpha 0 (the SimPO paper's loss)."""
+
+    HELP: ClassVar[str] = "SimPO: a length-normalised, reference-free preference loss (TRL's CPO trainer)"
 
 
 @dataclass

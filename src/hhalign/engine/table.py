@@ -108,10 +108,6 @@ BY_NAME = {s.name: s for s in FIXED}
 assert set(BY_NAME) <= set(RESERVED_NAMES), "a variant may not be named like a fixed stage"
 # the study's training stages keep the folders they always had, so run folders made before variants were data resume
 STUDY_FOLDERS = {"sft": "03_sft", "dpo": "04_dpo", "sft_dpo": "05_sft_dpo"}
-_HELP = {"sft": "supervised fine-tuning on the chosen dialogues", "dpo": "DPO (any TRL loss) on the preference pairs",
-         "kto": "KTO on the pairs' chosen (desirable) and rejected (undesirable) answers",
-         "orpo": "ORPO: SFT on the chosen plus an odds-ratio preference term, no reference model",
-         "simpo": "SimPO: a length-normalised, reference-free preference loss (TRL's CPO trainer)"}
 
 
 def variant_folder(name: str) -> str:
@@ -126,7 +122,7 @@ def variant_stage(v: Variant, cfg: RunConfig) -> Stage:
     upstream = ("convert", "data", "pretrain") if from_base else ("data", str(v.start))
     keys = ("model" if from_base else "model.pad_token", str(v.method), "seed")
     return Stage(v.name, variant_folder(v.name), upstream, TRAINED, keys,
-                 f"{_HELP[str(v.method)]}, from {v.start or 'base'}", tuple(f"{v.method}.{k}" for k in _TRAIN), every_rank=True,
+                 f"{type(v.section).HELP}, from {v.start or 'base'}", tuple(f"{v.method}.{k}" for k in _TRAIN), every_rank=True,
                  variant=v.name, module="train")
 
 

@@ -53,7 +53,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
     parallel.barrier("kept answers")  # every rank sees what is kept before deciding what is left
     sets = {name.split("/", 1)[1]: Path(i.ref) for name, i in work.inputs.items() if name.startswith("prompts/")}
     dev = pick_device(cfg.generate.device)
-    outputs, kept, cut, total, reasons = [], [], 0, 0, {}
+    outputs, kept, answers = [], [], []
     # what is left to do, seen by every rank of a launch before rank 0 writes anything (generate_responses gathers)
     todo = {v: {s: p for s, p in sets.items() if not (work.dir / f"{v}_{s}.json").is_file()} for v in cfg.variants}
     for variant in cfg.variants:
@@ -64,12 +64,14 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = True) -> dict[str, Any]
                 rows = generate_responses(model, tok, load_prompts(path), cfg.generate, device=dev, desc=f"generate {variant}/{name}")
                 if work.main:
                     write_json(work.dir / f"{variant}_{name}.json", rows)
-                cut += sum(r["n_prompt_dropped"] > 0 for r in rows)
-                total += len(rows)
-                for r in rows:
-                    reasons[r["finish_reason"]] = reasons.get(r["finish_reason"], 0) + 1
+                answers += rows
             del model
         outputs += [f"{variant}_{s}.json" for s in sets]
+    answers += [r for name in kept if work.main for r in read_json(work.dir / name)]  # the counts cover every answer
+    cut, total = sum(r.get("n_prompt_dropped", 0) > 0 for r in answers), len(answers)
+    reasons: dict[str, int] = {}
+    for r in answers:
+        reasons[r.get("finish_reason", "?")] = reasons.get(r.get("finish_reason", "?"), 0) + 1
     summary = (f"generate: {len(outputs) - len(kept)} response files written" + (f", {len(kept)} kept from before" if kept else "")
                + f"; {cut} of {total} prompts cut to fit the model's positions (oldest tokens dropped); finish reasons {reasons}")
     log.info(summary)
