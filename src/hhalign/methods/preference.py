@@ -109,59 +109,73 @@ def acts_text(after: dict[str, Any], figure: str = IMPLICIT) -> str:
 def train(method: Method, variant: str, cfg: RunConfig, run_dir: Path, ins: dict[str, Input], resume: bool) -> dict[str, Any] | None:
     """Train ``variant`` (a variant of ``method``) from ``ins["start"]`` into its stage folder."""
     section: PreferenceSection = cfg.variant(variant).section
+    key = f"variants.{variant}" if cfg.variant(variant).overrides else method.name  # where errors point
     work = begin_training(variant, cfg, run_dir, ins, resume)
-    key = f"variants.{variant}" if cfg.variant(variant).overrides else method.name
-    # --- inputs
-    source = work.inputs["start"].ref
-    model, tok = load_causal_lm(source, pad_token=cfg.model.pad_token)
-    lora = section.adapter == "lora"
-    if lora:
-        check_lora_targets(model, section.lora.args.get("target_modules"), key)
-    attention = set_attention(model, section, key)
+    model, tok, attention = _load_model(work, cfg, section, key)
     max_length = section.args.get("max_length", 1024)
     fit = dict(tok=tok, max_length=max_length, keep=section.keep_responses, keys=("chosen", "rejected"))
     rows, lengths = fit_rows(rows_reached(load_rows(work, "prefs"), section), **fit)
     heldout, _ = fit_rows(load_rows(work, "heldout", section), **fit)
-    # --- model: with LoRA TRL wraps it in the adapter; the reference is the same weights with the adapter disabled
-    peft_config = library_class(f"{method.name}.lora")(task_type="CAUSAL_LM", **section.lora.args) if lora else None
-    evaluates = section.args.get("eval_strategy", "no") != "no"  # the held-out figures below need no eval_dataset
-    args = trl_args(method.name, section, work.dir, cfg.seed, **method.fixed)
-    beta = args.beta
-    trainer = method.trainer()(model=model, args=args, train_dataset=method.dataset(rows, tok, max_length, cfg.seed),
-                               eval_dataset=method.dataset(heldout, tok, max_length, cfg.seed) if heldout and evaluates else None,
-                               processing_class=tok, peft_config=peft_config, callbacks=[StopOnInterrupt()])
+    trainer = _trainer(method, section, work, cfg.seed, model, tok, rows, heldout, max_length)
     frozen_bf16 = frozen_to_bf16(trainer)  # the same products, without autocast casting them in every pass
     policy = trainer.accelerator.unwrap_model(trainer.model)
+    lora = section.adapter == "lora"
     tracked = {n: p.detach().clone() for n, p in _trainable(policy, lora)}  # LoRA: small, r x width
-    figure = NORMALISED if method.normalised else IMPLICIT
-    if not heldout:
-        before: dict[str, Any] = {}
-    elif not lora or starts_at_zero(policy):  # no forward pass needed: policy == reference, every margin 0, loss ln 2
-        why = "the LoRA adapter starts at zero" if lora else "the policy starts as a copy of the reference"
-        before = dpo_figures([0.0] * len(heldout), [0.0] * len(heldout)) | {"by_construction": why}
-    else:
-        before = dpo_heldout(policy, tok, heldout, beta, bf16=trainer.args.bf16, normalised=method.normalised)
+    before = _before(policy, tok, heldout, trainer.args, lora, method.normalised)
     # --- train
     trainer.train(resume_from_checkpoint=last_checkpoint(work))
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    params = dict(policy.named_parameters())
+    params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
     unchanged = sorted(n for n, p in tracked.items() if torch.equal(p, params[n].detach()))
     outputs = _save(trainer, tok, work, lora)
-    bf16, device = trainer.args.bf16, trainer.accelerator.device
-    after = _check(work, section, key, source, tok, heldout, beta, bf16, device, method.normalised) if heldout and work.main else {}
+    source, bf16, device = work.inputs["start"].ref, trainer.args.bf16, trainer.accelerator.device
+    after = _check(work, section, key, source, tok, heldout, trainer.args.beta, bf16, device, method.normalised) if heldout and work.main else {}
     # --- report
+    figure = NORMALISED if method.normalised else IMPLICIT
+    changed = {"trained_tensors": len(tracked), "changed": len(tracked) - len(unchanged), "unchanged": unchanged[:20]}
+    if lora:
+        changed |= {"lora_tensors": len(tracked), "lora_changed": len(tracked) - len(unchanged), "lora_unchanged": unchanged}
     report = {
         "stage": variant, "method": method.name, "from": source, "figure": figure, "train_pairs": len(rows),
-        "heldout_pairs": len(heldout), "beta": beta, "adapter": section.adapter, "attention": attention,
-        "frozen_weights_bf16": frozen_bf16, "loss_type": _loss_type(method.name, section), "lengths": lengths,
-        "before": before, "after": after,
-        "parameters": {"trained_tensors": len(tracked), "changed": len(tracked) - len(unchanged), "unchanged": unchanged[:20]}
-                      | ({"lora_tensors": len(tracked), "lora_changed": len(tracked) - len(unchanged), "lora_unchanged": unchanged} if lora else {}),
+        "heldout_pairs": len(heldout), "beta": trainer.args.beta, "adapter": section.adapter, "attention": attention,
+        "frozen_weights_bf16": frozen_bf16, "loss_type": getattr(trainer.args, "loss_type", None), "lengths": lengths,
+        "before": before, "after": after, "parameters": changed,
         "reference": "none (reference-free)" if method.normalised else "adapter disabled" if getattr(trainer, "ref_model", None) is None else "separate copy",
         "summary": f"{variant} ({method.name}): {acts_text(after, figure)}; {lengths['would_lose_response_tokens']} rows over max_length",
     }
     log.info(report["summary"])
     return finish_training(work, report, outputs, trainer)
+
+
+def _load_model(work: StageRun, cfg: RunConfig, section: PreferenceSection, key: str) -> tuple[Any, Any, str]:
+    """The model the variant starts from, its tokenizer, and the attention it trains with; LoRA targets checked."""
+    model, tok = load_causal_lm(work.inputs["start"].ref, pad_token=cfg.model.pad_token)
+    if section.adapter == "lora":
+        check_lora_targets(model, section.lora.args.get("target_modules"), key)
+    return model, tok, set_attention(model, section, key)
+
+
+def _trainer(method: Method, section: PreferenceSection, work: StageRun, seed: int, model: Any, tok: Any,
+             rows: list[dict[str, Any]], heldout: list[dict[str, Any]], max_length: int | None) -> Any:
+    """The method's TRL trainer on the pairs; with LoRA, TRL wraps the model in the adapter and the reference is the
+    same weights with the adapter disabled."""
+    lora = section.adapter == "lora"
+    peft_config = library_class(f"{method.name}.lora")(task_type="CAUSAL_LM", **section.lora.args) if lora else None
+    evaluates = section.args.get("eval_strategy", "no") != "no"  # the held-out figures need no eval_dataset
+    args = trl_args(method.name, section, work.dir, seed, **method.fixed)
+    return method.trainer()(model=model, args=args, train_dataset=method.dataset(rows, tok, max_length, seed),
+                            eval_dataset=method.dataset(heldout, tok, max_length, seed) if heldout and evaluates else None,
+                            processing_class=tok, peft_config=peft_config, callbacks=[StopOnInterrupt()])
+
+
+def _before(policy: Any, tok: Any, heldout: list[dict[str, Any]], args: Any, lora: bool, normalised: bool) -> dict[str, Any]:
+    """The held-out figures before training: by construction when the policy starts as its reference (a zero LoRA
+    adapter, or a full copy: every margin 0, loss ln 2), else measured."""
+    if not heldout:
+        return {}
+    if not lora or starts_at_zero(policy):
+        why = "the LoRA adapter starts at zero" if lora else "the policy starts as a copy of the reference"
+        return dpo_figures([0.0] * len(heldout), [0.0] * len(heldout)) | {"by_construction": why}
+    return dpo_heldout(policy, tok, heldout, args.beta, bf16=args.bf16, normalised=normalised)
 
 
 def _trainable(model: torch.nn.Module, lora: bool) -> list[tuple[str, torch.nn.Parameter]]:
@@ -172,13 +186,6 @@ def _trainable(model: torch.nn.Module, lora: bool) -> list[tuple[str, torch.nn.P
         return [(n, p) for n, p in named if "lora_" in n]
     step = max(1, len(named) // 8)
     return named[::step]
-
-
-def _loss_type(method: str, section: PreferenceSection) -> Any:
-    from hhalign.config.files import DEFAULTS, FIXED
-
-    args = {**DEFAULTS.get(method, {}), **section.args, **FIXED.get(method, {})}
-    return args.get("loss_type", ["sigmoid"] if method == "dpo" else "kto" if method == "kto" else None)
 
 
 def _check(work: StageRun, section: PreferenceSection, key: str, source: str, tok: Any, heldout: list[dict[str, Any]],
