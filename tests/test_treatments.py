@@ -107,3 +107,13 @@ def test_a_treatment_whose_interval_starts_a_hair_above_half_acted_at_the_edge()
                               "50%: another seed or machine may not show it acting). Differences between it and base "
                               "measure little more than that."]
     assert verdict(treatments(data, {"sft": SFT_REPORT, "dpo": {"after": ACTED}})[1]) == "yes"
+
+
+def test_a_treatment_that_moved_against_the_preference_says_so_with_its_declared_start() -> None:
+    against = dpo_figures([0.1] * 35 + [-0.1] * 65, [0.0] * 100)  # 35/100: the interval lies below 50%
+    report = {"method": "simpo", "figure": "held-out length-normalised reward accuracy", "after": against}
+    rows = treatments(DATA, {"simpo": report}, starts={"simpo": "sft"})
+    (row,) = rows
+    assert (row["variant"], row["start"], row["method"]) == ("simpo", "sft", "simpo")
+    assert row["heldout"]["figure"] == "held-out length-normalised reward accuracy"
+    assert "the interval lies below 50%, against the preference" in row["doubts"][0]

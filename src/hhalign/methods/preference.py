@@ -101,7 +101,8 @@ def acts_text(after: dict[str, Any], figure: str = IMPLICIT) -> str:
     if not after:
         return "no held-out pairs, so nothing shows whether it acted"
     low, high = after["accuracy_interval"]
-    verdict = "acted" if after["acts"] else "did not measurably act (the interval reaches 50%)"
+    verdict = ("acted" if after["acts"] else "moved against the preference (the interval lies below 50%)" if high < 0.5
+               else "did not measurably act (the interval reaches 50%)")
     return (f"{figure} {after['implicit_reward_accuracy']:.2f} [{low:.2f}, {high:.2f}] on "
             f"{after['pairs']} pairs, margin {after['implicit_reward_margin']:.3f}: {verdict}")
 

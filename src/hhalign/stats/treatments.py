@@ -92,8 +92,10 @@ def treatments(data: dict[str, dict[str, list[dict[str, Any]]]], reports: dict[s
             if reports.get(variant):  # a folder of response files alone has no training record: no doubt from that
                 doubts.append("no held-out figure shows whether it acted")
         elif not held["acts"]:
+            against = "interval" in held and held["interval"][1] < 0.5
             doubts.append(f"its {held['figure']} did not move as training should ({held['text']}"
-                          + (": the interval reaches 50%)" if "interval" in held else ")"))
+                          + (": the interval lies below 50%, against the preference)" if against
+                             else ": the interval reaches 50%)" if "interval" in held else ")"))
         for s, (k, n) in same.items():
             if n and k / n >= IDENTICAL_FLAG:
                 doubts.append(f"{k} of its {n} {s} answers are word for word {label(start)}'s")
