@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from hhalign.config.schema import METHODS, STUDY, VARIANTS, RunConfig, Variant
+from hhalign.config.schema import METHODS, VARIANTS, RunConfig, Variant, study_variants
 from hhalign.errors import ConfigError
 
 # section path -> (module, class): the library config each training section feeds.
@@ -221,13 +221,7 @@ def _variants(value: Any, raw: dict[str, Any]) -> dict[str, Variant]:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list):
-        unknown = [v for v in value if v not in STUDY]
-        if unknown:
-            raise ConfigError(f"variants {unknown}: the list form picks from the study's {', '.join(VARIANTS)}; declare others as a "
-                              "mapping (name: {method: dpo, from: sft, loss_type: [ipo]}, see docs/methods.md)", "variants")
-        if len(set(value)) != len(value):
-            raise ConfigError(f"variants lists a name twice: {value}", "variants")
-        value = {n: STUDY[n] for n in value}
+        return study_variants(value)
     if not isinstance(value, dict) or not value:
         raise ConfigError(f"variants must be a list of {', '.join(VARIANTS)} or a mapping of name -> settings, got {value!r}", "variants")
     out = {}

@@ -329,10 +329,7 @@ class RunConfig:
         _check_choices(self, "")
         check_plain_name(self.name, "name", "--name")
         if isinstance(self.variants, (list, tuple)):  # RunConfig(variants=["base", "sft"]): the list form
-            unknown = [n for n in self.variants if n not in STUDY]
-            if unknown:
-                raise ConfigError(f"variants {unknown}: the list form picks from the study's {', '.join(VARIANTS)}", "variants")
-            self.variants = {n: implied_variant(n) for n in self.variants}
+            self.variants = study_variants(list(self.variants))
         if not self.variants:
             self.variants = {n: implied_variant(n) for n in VARIANTS}
         check_variants(self.variants, lambda method: getattr(self, method))
@@ -389,6 +386,17 @@ class RunConfig:
 
     def hash(self) -> str:
         return section_hash(self.to_dict())
+
+
+def study_variants(names: list[Any]) -> dict[str, Variant]:
+    """The list form ``[base, sft_dpo]``: the study's variants of those names, each once."""
+    unknown = [n for n in names if n not in STUDY]
+    if unknown:
+        raise ConfigError(f"variants {unknown}: the list form picks from the study's {', '.join(VARIANTS)}; declare others as a "
+                          "mapping (name: {method: dpo, from: sft, loss_type: [ipo]}, see docs/methods.md)", "variants")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"variants lists a name twice: {names}", "variants")
+    return {n: implied_variant(n) for n in names}
 
 
 def implied_variant(name: str | None) -> Variant:

@@ -15,6 +15,7 @@ folder is cleared first. The manifest is written last, so its presence means the
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -185,6 +186,7 @@ def changed_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> list[st
                   and not (k not in a and k in defaults and defaults[k] == b.get(k, _MISSING)))
 
 
+@functools.cache
 def _defaults() -> dict[str, Any]:
     """Every setting's default, flat, as stage settings name them (``labels`` included)."""
     from hhalign.config.schema import VARIANT_LABELS
