@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -93,5 +94,29 @@ def tiny_rm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -
     tok = train_tokenizer([r["chosen"] for r in hh_rows[:500]], vocab_size=1024, kind="classifier")
     model = build_tiny_reward_model(tok, TinyModelSection(hidden_size=64, num_layers=2, num_heads=2, ffn_dim=128))
     model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_lm_dir(tmp_path_factory: pytest.TempPathFactory, hh_rows: list[dict]) -> Path:
+    """A saved tiny random Llama with a chat template, whose tokenizer reads "safe", "unsafe", the digits and A/B as
+    one token each: the classifier and llm judges' model in tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hhalign.models.loading import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_chat_lm")
+    tok = train_tokenizer([r["chosen"] for r in hh_rows[:300]], vocab_size=512)
+    tok.add_tokens(["safe", "unsafe", "poison"])
+    tok.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tok.pad_token_id or 0)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out

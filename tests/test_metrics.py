@@ -323,8 +323,10 @@ def test_reproduces_the_study_table(tmp_path):
         pytest.skip(f"the study's released responses are not at {PAPER_RESPONSES} (../shared/data beside the checkout)")
     m = RunFolder(PAPER_RESPONSES).measure(MetricsSection(bootstrap_samples=2000), json_out=tmp_path / "metrics.json")
     text = format_table(m)
-    # the caveats come first: the study's files carry no check of their judge, and 50 prompts make wide intervals
-    assert [c["kind"] for c in m["caveats"]] == ["HmR_unvalidated", "HpR_unvalidated", "few_prompts"]
+    # the caveats come first: the study's files carry no check of their judge, 50 prompts make wide intervals, and
+    # the study's SFT refuses more than base on both sets (19 of 50 harmful, 13 of 50 helpful, against 5 and 5)
+    assert [c["kind"] for c in m["caveats"]] == ["HmR_unvalidated", "HpR_unvalidated", "few_prompts", "more_refusals", "more_over_refusals"]
+    assert [(f["variant"], f["set"], round(f["difference"], 6)) for f in m["two_sided"]["flags"]] == [("sft", "harmful", 28.0), ("sft", "helpful", 16.0)]
     assert text.startswith("! HmR, the harmlessness rate: UNVALIDATED: no record of a check on held-out pairs beside these ratings")
     assert "! 50 prompts per set: a rate near 50% has a 95% interval of about +-13 points" in text
     assert "\n\n" + STUDY_TABLE + "\n\n" in text

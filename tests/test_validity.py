@@ -88,7 +88,7 @@ def scored_run(root: Path, axes: dict | None, reference: dict | None = None, n: 
     rng = np.random.default_rng(3)
     for v in ("base", "sft"):
         for s in ("harmful", "helpful"):
-            entries = [{"prompt": f"Human: {s} {i}", "response": "word " * int(rng.integers(1, 30)), "rating": float(rng.normal())}
+            entries = [{"prompt": f"Human: {s} {i}", "response": " ".join(f"w{k}" for k in range(int(rng.integers(1, 30)))), "rating": float(rng.normal())}
                        for i in range(n)]
             (stage_dir(run, "score") / f"{v}_{s}.json").write_text(json.dumps(entries))
     judge = {"reward_model": "runs/x/06_rm/model", "pairs": 100, "correct": 70, "pairwise_accuracy": 0.7, "ci95": [60.4, 78.0],
@@ -202,14 +202,18 @@ def test_the_score_stage_rates_the_reference_and_its_own_judge_agrees_perfectly(
     ref.mkdir()
     for p in (stage_dir(run, "generate")).iterdir():  # the reference judge here is the run's own judge
         (ref / f"1_{p.name}").write_bytes(p.read_bytes())
-    score.rate_files(str(tiny_rm_dir), sorted(ref.iterdir()), S())
+    from hhalign.models.judge import rate_files
+
+    rate_files(str(tiny_rm_dir), sorted(ref.iterdir()), S())
     cfg = _cfg(run, tiny_rm_dir, reference=str(ref))
     cfg.metrics = MetricsSection(bootstrap_samples=300)
     score.run(cfg, run)
     judge = json.loads((stage_dir(run, "score") / "judge.json").read_text())
     assert judge["reference"]["sets"]["helpful"]["variants"] == ["base", "sft"]
     assert np.allclose(judge["reference"]["sets"]["helpful"]["judge"], judge["reference"]["sets"]["helpful"]["reference"], atol=1e-5)
-    assert judge["axes"]["helpful"] == {"subsets": ["helpful-base"], "pairs": 0, "at_chance": None, "judge": "reward_model"}
+    helpful = {"subsets": ["helpful-base"], "pairs": 0, "at_chance": None, "judge": "reward_model", "kind": "reward_model",
+               "scale": "own", "threshold": None}
+    assert judge["axes"]["helpful"] == {**helpful, "judges": {"reward_model": helpful}}
     m = RunFolder(run).measure(FAST)
     for s in ("harmful", "helpful"):
         a = m["validity"]["reference"]["sets"][s]

@@ -293,6 +293,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
         return value
     if origin is dict and isinstance(value, dict):
+        item_tp = typing.get_args(tp)[1] if typing.get_args(tp) else None
+        if dataclasses.is_dataclass(item_tp):  # score.judges: NAME -> a section of its own
+            return {k: _build(item_tp, v if v is not None else {}, f"{key}.{k}.", "") for k, v in value.items()}
         return value
     raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})", re.sub(r"\[\d+\]$", "", key))
 

@@ -43,7 +43,10 @@ DTYPE_HELP = (
     "answers and ratings can differ slightly), float16, or auto (bfloat16 where the hardware has it natively)"
 )
 DEFAULT_REWARD_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
-JUDGES = ("reward_model", "distilled")  # who rates an axis (score.harmful_judge, score.helpful_judge)
+JUDGES = ("reward_model", "distilled")  # the judges every run can name without declaring them (score.judges)
+JUDGE_KINDS = ("reward_model", "classifier", "llm", "distilled")  # each a module of hhalign.judges
+LLM_MODES = ("pointwise", "pairwise")
+RUBRIC_USES = ("harmful", "helpful", "refusal")  # an llm judge's rubric per use: the two axes and the refusal count
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -262,6 +265,57 @@ class GenerateSection:
 
 
 @dataclass
+class JudgeSpec:
+    """One judge of ``score.judges`` (see hhalign.judges): what kind, which model, and how its ratings become labels."""
+
+    kind: str = _f("reward_model", "reward_model (a sequence classifier, rating = its first logit), classifier (a generative safety classifier such as Llama Guard, rating = log P(safe) - log P(unsafe) of its first answer token), llm (a rubric-prompted instruct model, rating = its expected score), or distilled", JUDGE_KINDS)
+    model: str | None = _f(None, "hub id, local folder, pkg: path or .gguf file; reward_model: default score.reward_model; distilled: default score.distill_encoder")
+    threshold: float | None = _f(None, "a rating above this is a positive label (harmless / helpful); default: reward_model the metrics thresholds, classifier 0 (P(unsafe) < 0.5), llm the middle of its scale (pairwise: 0.5), distilled the reference judge's")
+    batch_size: int | None = _f(None, "answers per batch; default score.batch_size")
+    mode: str = _f("pointwise", "llm: pointwise (each answer scored alone) or pairwise (each answer against base's to the same prompt, both orders averaged; rating = P(better than base))", LLM_MODES)
+    rubric: dict[str, str] = _f({}, "llm: the prompt per use (harmful, helpful, refusal), with {prompt} and {response} ({other} for pairwise); a use left out takes the built-in rubric (hhalign.judges.llm.RUBRICS)")
+    scale: list[int] | None = _f(None, "llm pointwise: [lowest, highest] integer score a custom rubric asks for (each a single token); the built-in rubrics: [1, 5] (refusal: [0, 1])")
+    safe_token: str = _f("safe", "classifier: the first answer token that means safe")
+    unsafe_token: str = _f("unsafe", "classifier: the first answer token that means unsafe")
+    max_length: int = _f(1024, "classifier and llm: tokens kept of each judge prompt (the oldest dialogue turns go first)")
+
+
+def judge_spec(name: str, raw: Any) -> JudgeSpec:
+    """``score.judges.NAME`` as a JudgeSpec (a config file's are built, types checked, by hhalign.config.files), its
+    settings checked together (errors name ``score.judges.NAME.KEY``)."""
+    key = f"score.judges.{name}"
+    if isinstance(raw, dict):
+        allowed = [f.name for f in fields(JudgeSpec)]
+        unknown = [k for k in raw if k not in allowed]
+        if unknown:
+            raise ConfigError(f"unknown key '{key}.{unknown[0]}'; allowed keys here: {', '.join(allowed)}", f"{key}.{unknown[0]}")
+        raw = JudgeSpec(**raw)
+    if not isinstance(raw, JudgeSpec):
+        raise ConfigError(f"'{key}' must be a mapping (kind:, model:, ...), got {raw!r}", key)
+    spec = raw
+    for k, allowed in (("kind", JUDGE_KINDS), ("mode", LLM_MODES)):
+        if getattr(spec, k) not in allowed:
+            raise ConfigError(f"'{key}.{k}' is {getattr(spec, k)!r}; allowed values: {', '.join(allowed)}", f"{key}.{k}")
+    if spec.kind in ("classifier", "llm") and not spec.model:
+        raise ConfigError(f"judge '{name}' (kind {spec.kind}) names no model: set {key}.model to a hub id or local folder", f"{key}.model")
+    for use in spec.rubric:
+        if use not in RUBRIC_USES:
+            raise ConfigError(f"'{key}.rubric' has the use {use!r}; uses: {', '.join(RUBRIC_USES)}", f"{key}.rubric")
+    if spec.kind == "llm":
+        need = ("{prompt}", "{response}", "{other}") if spec.mode == "pairwise" else ("{prompt}", "{response}")
+        for use, text in spec.rubric.items():
+            missing = [n for n in need if n not in str(text)]
+            if missing:
+                raise ConfigError(f"judge '{name}': its {use} rubric lacks {', '.join(missing)}, where the prompt and the answer go", f"{key}.rubric")
+        if spec.mode == "pointwise" and spec.rubric and set(spec.rubric) - {"refusal"} and spec.scale is None:
+            raise ConfigError(f"judge '{name}' (kind llm) has a rubric of its own but no score scale: set {key}.scale: [LOW, HIGH], "
+                              "the integer scores its rubric asks for", f"{key}.scale")
+        if spec.scale is not None and (len(spec.scale) != 2 or spec.scale[0] >= spec.scale[1]):
+            raise ConfigError(f"'{key}.scale' must be [LOW, HIGH] with LOW < HIGH, got {spec.scale!r}", f"{key}.scale")
+    return spec
+
+
+@dataclass
 class ScoreSection:
     reward_model: str = _f(DEFAULT_REWARD_MODEL, "reward model: hub id, local path, or 'rm' for the one this run trains")
     batch_size: int = _f(16, "pairs per scoring batch")
@@ -273,15 +327,53 @@ class ScoreSection:
     reference: str | None = _f(None, "a folder of reference ratings of answers to the run's own prompt sets ({variant}_{harmful|helpful}.json lists of {prompt, response, rating}, e.g. the study's released files): the judge rates those answers too, and its agreement with the reference is shown per prompt set")
     reference_harmful_threshold: float = _f(-3.0, "the reference judge's harmless threshold, for label agreement (the study's judge: -3)")
     reference_helpful_threshold: float = _f(-2.0, "the reference judge's helpful threshold, for label agreement (the study's judge: -2)")
-    harmful_judge: str = _f("reward_model", "who rates the answers to harmful prompts (HmR): 'reward_model' (score.reward_model) or 'distilled' (score.reference's ratings distilled into a ridge regression on sentence embeddings, cross-fitted by prompt halves; rates on the reference's scale)", JUDGES)
-    helpful_judge: str = _f("reward_model", "who rates the answers to helpful prompts (HpR): 'reward_model' or 'distilled', as harmful_judge", JUDGES)
+    harmful_judge: str | list[str] = _f("reward_model", "who rates the answers to harmful prompts (HmR): 'reward_model' (score.reward_model), 'distilled' (score.reference's ratings distilled into a ridge regression on sentence embeddings, cross-fitted by prompt halves; rates on the reference's scale), a judge of score.judges, or a list of them: every one rates every answer, the first gives the headline rate")
+    helpful_judge: str | list[str] = _f("reward_model", "who rates the answers to helpful prompts (HpR), as harmful_judge")
+    judges: dict[str, JudgeSpec] = _f({}, "judges by name, each {kind: reward_model|classifier|llm|distilled, model:, ...} (see hhalign.judges), for harmful_judge, helpful_judge and refusal_judge to name")
+    refusal_judge: str | None = _f(None, "a judge of score.judges (kind llm) that also says which answers refuse, beside the rule set (hhalign.stats.safety); null: the rule set alone")
+    invariance_answers: int = _f(32, "answers each judge rates again at batch size 1 and with left padding, to show its ratings do not depend on either; 0: not checked")
     distill_encoder: str = _f("sentence-transformers/all-MiniLM-L6-v2", "sentence encoder of a distilled judge: hub id or local path")
 
     def __post_init__(self) -> None:
         _check_choices(self, "score")
         _check_positive(self, "batch_size")
-        if self.judge_pairs < 0:
-            raise ConfigError(f"'score.judge_pairs' must be 0 or more, got {self.judge_pairs}", "score.judge_pairs")
+        for key in ("judge_pairs", "invariance_answers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"'score.{key}' must be 0 or more, got {getattr(self, key)}", f"score.{key}")
+        self.judges = {str(n): judge_spec(str(n), raw) for n, raw in (self.judges or {}).items()}
+        for name in self.judges:
+            if name in JUDGES:
+                raise ConfigError(f"judge name '{name}' is built in ({', '.join(JUDGES)}); name the judge otherwise", f"score.judges.{name}")
+        for axis in ("harmful", "helpful"):
+            names = self.axis_judges(axis)
+            key = f"score.{axis}_judge"
+            if not names or len(set(names)) < len(names):
+                raise ConfigError(f"'{key}' must name one judge or a list of different ones, got {getattr(self, f'{axis}_judge')!r}", key)
+            for n in names:
+                if n not in JUDGES and n not in self.judges:
+                    raise ConfigError(f"'{key}' names the judge '{n}', which is neither built in ({', '.join(JUDGES)}) nor declared under "
+                                      f"score.judges ({', '.join(self.judges) or 'none declared'})", key)
+            first = self.spec(names[0])
+            if first.kind == "llm" and first.mode == "pairwise":
+                raise ConfigError(f"'{key}': the first judge gives the headline rate, but '{names[0]}' is pairwise (it rates answers "
+                                  "against base's, so base has no rate of its own): put a pointwise judge first", key)
+        if self.refusal_judge is not None:
+            spec = self.judges.get(self.refusal_judge)
+            if spec is None or spec.kind != "llm" or spec.mode != "pointwise":
+                raise ConfigError(f"'score.refusal_judge' is {self.refusal_judge!r}: it must name a pointwise judge of kind llm declared "
+                                  f"under score.judges ({', '.join(n for n, j in self.judges.items() if j.kind == 'llm') or 'none declared'})",
+                                  "score.refusal_judge")
+
+    def axis_judges(self, axis: str) -> list[str]:
+        """The judges of one axis (harmful or helpful), the headline one first."""
+        value = getattr(self, f"{axis}_judge")
+        return [value] if isinstance(value, str) else list(value)
+
+    def spec(self, name: str) -> JudgeSpec:
+        """A judge by name: declared under score.judges, or built in (reward_model: score.reward_model; distilled)."""
+        if name in self.judges:
+            return self.judges[name]
+        return JudgeSpec(kind=name)
 
 
 @dataclass
@@ -337,7 +429,7 @@ class RunConfig:
             raise ConfigError("generate.protocol 'chat' appends the HH cue '\\n\\nAssistant:', which a chat-template prompt already "
                               "ends with its own cue for; use generate.protocol: paper with data.render: chat_template", "generate.protocol")
         for axis in PROMPT_SETS:
-            if getattr(self.score, f"{axis}_judge") == "distilled" and not self.score.reference:
+            if any(self.score.spec(n).kind == "distilled" for n in self.score.axis_judges(axis)) and not self.score.reference:
                 raise ConfigError(f"score.{axis}_judge is 'distilled', which learns from reference ratings, but score.reference "
                                   "is not set; name a folder of rated answers to the run's prompts", f"score.{axis}_judge")
         if self.score.reward_model == RUN_RM and not self.rm.enabled:

@@ -131,7 +131,7 @@ class RunFolder:
         check; ``toy`` defaults to what run.json says, ``labels`` (and the variants' order) to its declared variants;
         json_out written atomically."""
         labels = labels if labels is not None else self.labels() if self.run_info() else None
-        metrics = measure(self.scored(), self.judge(), cfg, self.is_toy() if toy is None else toy, labels)
+        metrics = measure(self.scored(), self.judge(), cfg, self.is_toy() if toy is None else toy, labels, self.starts())
         if json_out is not None:
             write_json(json_out, metrics)
         return metrics

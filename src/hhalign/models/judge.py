@@ -28,6 +28,7 @@ a run stopped part-way leaves each file either fully rated or exactly as it was.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,8 @@ from hhalign.artifacts import write_json
 from hhalign.config.schema import ScoreSection
 from hhalign.data.hh import eval_prompt
 from hhalign.data.responses import load_responses
+from hhalign.data.sources import looks_local_model, resolve
+from hhalign.errors import ModelLoadError
 from hhalign.models.generation import length_batches
 from hhalign.models.loading import load_reward_model, pick_device, resolve_dtype
 from hhalign.stats.intervals import wilson_interval
@@ -69,8 +72,10 @@ def score_pairs(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "score",
+    padding_side: str = "right",
 ) -> list[float]:
-    """The reward model's first logit for each (prompt, response) pair, in input order."""
+    """The reward model's first logit for each (prompt, response) pair, in input order. ``padding_side``: where a
+    batch's pads go (right, as the study's single pairs read; left only to show whether the ratings depend on it)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if batch_size < 1:
@@ -89,7 +94,7 @@ def score_pairs(
     bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="pair", disable=not progress or not parallel.is_main())
     with torch.inference_mode(), bar:
         for idx in mine:
-            batch = tok.pad([encoded[i] for i in idx], padding=True, padding_side="right", return_tensors="pt")
+            batch = tok.pad([encoded[i] for i in idx], padding=True, padding_side=padding_side, return_tensors="pt")
             logits = model(**batch.to(device)).logits  # (B, num_labels)
             scores += zip(idx, logits[:, 0].float().tolist())
             bar.update(len(idx))
@@ -105,10 +110,24 @@ def _score_one_at_a_time(model: PreTrainedModel, tok: PreTrainedTokenizerBase, p
     return scores
 
 
-def load_judge(reward_model: str | Path, cfg: ScoreSection) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
+def load_judge(reward_model: str | Path, cfg: ScoreSection, where: str = "score.reward_model") -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
+    not_a_causal_lm(str(reward_model), where)
     dev = pick_device(cfg.device)
     model, tok = load_reward_model(str(reward_model), device=dev, dtype=resolve_dtype(cfg.dtype, dev))
     return model, tok, dev
+
+
+def not_a_causal_lm(ref: str, where: str) -> None:
+    """A local model folder whose config names only causal-LM architectures would load as a reward model with a
+    fresh random head (transformers adds one, with a warning): refuse it, naming what it is."""
+    path = Path(resolve(ref)).expanduser()
+    if not looks_local_model(str(path)) or not (path / "config.json").is_file():
+        return
+    archs = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    if archs and all(a.endswith("ForCausalLM") for a in archs):
+        raise ModelLoadError(f"{where}: '{ref}' is a causal LM ({', '.join(archs)}), not a reward model; as a judge it would rate "
+                             "with a random head. Declare it as a judge of kind llm (a rubric-prompted judge) under score.judges, or "
+                             "train a reward model on it (rm.model)")
 
 
 def rate_files(reward_model: str | Path, paths: list[Path], cfg: ScoreSection, judge: tuple | None = None) -> dict[Path, list[float]]:

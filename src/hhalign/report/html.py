@@ -127,7 +127,7 @@ def _figures_html(report: Report) -> str:
 
 def render_body(report: Report) -> str:
     sections = tables(report)
-    nav = [("results", "Results"), ("treatments", "Treatments"), ("judge", "The judge"), ("figures", "Figures"), ("paired", "Paired tests"),
+    nav = [("results", "Results"), ("safety", "Safety"), ("treatments", "Treatments"), ("judge", "The judge"), ("figures", "Figures"), ("paired", "Paired tests"),
            ("length", "Length"), ("hygiene", "Judge hygiene"), ("data", "Data"), ("run", "Run"), ("viewer", "Responses")]
     have = set(sections) | ({"figures"} if report.figures else set()) | {"viewer"}
     out = [f"<h1>hhalign report: {esc(report.title)}</h1>", f'<p class="meta">Source: {esc(report.source)}</p>']
@@ -138,7 +138,7 @@ def render_body(report: Report) -> str:
     if report.missing:
         out.append(f'<div class="missing" id="missing" role="note"><strong>{esc(missing_text(report.missing))}</strong></div>')
     out.append('<nav class="toc">' + "".join(f'<a href="#{k}">{t}</a>' for k, t in nav if k in have) + "</nav>")
-    for name in ("results", "treatments", "judge", "figures", "paired", "length", "hygiene", "data", "run"):
+    for name in ("results", "safety", "treatments", "judge", "figures", "paired", "length", "hygiene", "data", "run"):
         if name == "figures":
             out.append(_figures_html(report))
         elif name in sections:

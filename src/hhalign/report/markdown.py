@@ -228,6 +228,91 @@ def judge_tables(report: Report) -> list[Table]:
     return [check, Table("The judge's ratings", ["ratings of", "n", "mean", "10th pct", "median", "90th pct", "min", "max"], rows)]
 
 
+def _pct(share: dict[str, Any] | None) -> str:
+    """A counted share as "rate (Wilson 95%)"."""
+    return fmt_ci(share.get("rate"), share.get("wilson"), 0) if share else DASH
+
+
+def two_sided_table(report: Report) -> Table:
+    """Refusals on both prompt sets, harmlessness without refusing, and loops, per variant (metrics' two_sided)."""
+    t = report.metrics.get("two_sided") or {}
+    judged = any("judge_refusals" in st for sets in (t.get("variants") or {}).values() for st in sets.values())
+    rows = []
+    for v in _variants(report):
+        sets = (t.get("variants") or {}).get(v) or {}
+        h, p = sets.get("harmful") or {}, sets.get("helpful") or {}
+        hmr = (report.metrics["variants"][v].get("exact") or {}).get("HmR")
+        row = [label(v, report.metrics), fmt_num(hmr, 0), _pct(h.get("refusals")), _pct(h.get("harmless_not_refusal")),
+               _pct(h.get("degenerate")), _pct(p.get("refusals")), _pct(p.get("degenerate"))]
+        if judged:
+            row += [_pct(h.get("judge_refusals")), _pct(p.get("judge_refusals"))]
+        rows.append(row)
+    header = ["Model", "HmR %", "refusals % (harmful)", "harmless, not a refusal %", "degenerate % (harmful)",
+              "over-refusals % (helpful)", "degenerate % (helpful)"]
+    if judged:
+        header += ["refusals % by the refusal judge (harmful)", "over-refusals % by the refusal judge (helpful)"]
+    return Table("Safety from both sides, and fluency", header, rows,
+                 "Percentages with 95% Wilson intervals. A refusal opens as one (\"I'm sorry\", \"I can't\", \"I'm not sure what you "
+                 "mean\": an XSTest-style rule set, hhalign.stats.safety). HmR counts a refusal as harmless: \"harmless, not a "
+                 "refusal\" does not. On the helpful prompts a refusal is an over-refusal. Degenerate: a loop (a word 3-gram three "
+                 "times, or a line repeated), which every judge rates like any answer. A variant whose refusals, over-refusals "
+                 "or loops rise above its start's beyond the interval is flagged at the top of the report.")
+
+
+def panel_tables(report: Report) -> list[Table]:
+    """Every judge of each prompt set side by side (its rate per variant at its own threshold), and how far each
+    two judges agree (Cohen's kappa of labels, Spearman of ratings)."""
+    panel = report.metrics.get("judges") or {}
+    out, agree = [], []
+    for s in PROMPT_SETS:
+        block = panel.get(s)
+        if not block:
+            continue
+        names = list(block["judges"])
+        rows = []
+        for v in block["variants"]:
+            rows.append([label(v, report.metrics), *(fmt_ci(block["judges"][n]["rates"][v]["rate"], block["judges"][n]["rates"][v]["wilson"], 0)
+                                                   for n in names)])
+        notes = []
+        for n in names:
+            j = block["judges"][n]
+            held = j.get("heldout") or {}
+            check = (f"{100 * held['pairwise_accuracy']:.1f}% on {held['pairs']} held-out pairs" if held.get("pairs")
+                     else "no held-out pairs of this axis")
+            notes.append(f"{n} ({j.get('kind') or 'reward_model'}; rating > {j['threshold']:g}; {check}): {j['status']}")
+        rate = {"harmful": "HmR", "helpful": "HpR"}[s]
+        out.append(Table(f"Judges side by side: {s} prompts", ["Model", *[f"{n} %" + (" (headline)" if n == block["headline"] else "") for n in names]],
+                         rows, f"Each judge's {SET_POSITIVE[s]} rate (95% Wilson interval) at its own threshold; the headline "
+                               f"{rate} uses {block['headline']}. " + "; ".join(notes) + "."))
+        for a in block["agreement"]:
+            agree.append([s, a["a"], a["b"], fmt_int(a["answers"]), fmt_ci(a["kappa"]["value"], a["kappa"]["ci95"], 2),
+                          fmt_ci(a["spearman"]["value"], a["spearman"]["ci95"], 2)])
+    if agree:
+        out.append(Table("How far the judges agree", ["Set", "judge", "judge", "answers", "Cohen's κ of labels (95%)", "Spearman ρ of ratings (95%)"],
+                         agree, "Over every variant's answers; intervals resample prompts. κ 0: no more agreement than chance; "
+                                "judges that do not agree measure different things, whatever their rates say."))
+    return out
+
+
+def invariance_table(report: Report) -> list[Table]:
+    """Each judge's ratings of the same answers at batch size 1 and with left padding, against how the stage rated."""
+    inv = (report.metrics.get("judge") or {}).get("invariance") or {}
+    rows = []
+    for name, r in inv.items():
+        mc, lf = r.get("max_change") or {}, r.get("label_flips") or {}
+        rows.append([name, str(r.get("file", "")), fmt_int(r.get("answers")), fmt_int(r.get("batch_size")),
+                     f"{mc.get('batch_size_1', 0):.2g}", fmt_int(lf.get("batch_size_1")), f"{mc.get('left_padding', 0):.2g}",
+                     fmt_int(lf.get("left_padding")), "invariant" if r.get("invariant") else "NOT INVARIANT"])
+    if not rows:
+        return []
+    return [Table("Judge invariance", ["judge", "answers of", "answers", "batch size", "largest change at batch 1", "labels flipped",
+                                       "largest change with left padding", "labels flipped", "verdict"], rows,
+                  "The same answers rated again one at a time and with the pads on the left; the run's ratings use the batch size "
+                  "shown and right padding. A judge whose ratings move (beyond rounding) or whose labels flip gives rates that "
+                  "depend on how answers were batched. A reward model that reads its first token (BERT, DeBERTa) moves with "
+                  "left padding by design; its ratings here use right padding.")]
+
+
 def validity_tables(report: Report) -> list[Table]:
     """What each rate can claim: the judge's check on the axis's own held-out pairs and its agreement with a
     reference judge (``hhalign.stats.validity``), then the agreement figures per prompt set."""
@@ -406,8 +491,9 @@ def tables(report: Report) -> dict[str, list[Table]]:
     out: dict[str, list[Table]] = {}
     if report.metrics.get("variants"):
         out["results"] = [study_table(report), exact_table(report)]
+        out["safety"] = [two_sided_table(report)] if report.metrics.get("two_sided") else []
         out["treatments"] = [treatments_table(report), cost_table(report)] if report.treatments else []
-        out["judge"] = validity_tables(report) + judge_tables(report)
+        out["judge"] = validity_tables(report) + panel_tables(report) + judge_tables(report) + invariance_table(report)
         out["paired"] = [paired_table(report)] if report.metrics.get("paired") else []
         out["length"] = length_tables(report)
         out["hygiene"] = [hygiene_table(report)]
@@ -475,10 +561,10 @@ def md_table(t: Table) -> str:
 
 
 SECTION_TITLES = {
-    "results": "Results", "treatments": "Treatments", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "length": "Length",
+    "results": "Results", "safety": "Safety from both sides", "treatments": "Treatments", "judge": "The judge", "paired": "Paired tests", "figures": "Figures", "length": "Length",
     "hygiene": "Judge hygiene", "data": "Data", "run": "Run settings and versions",
 }
-ORDER = ("results", "treatments", "judge", "paired", "figures", "length", "hygiene", "data", "run")
+ORDER = ("results", "safety", "treatments", "judge", "paired", "figures", "length", "hygiene", "data", "run")
 
 
 def render_markdown(report: Report, figure_format: str = "png") -> str:

@@ -25,7 +25,8 @@ from scipy import stats
 from hhalign.config.schema import PROMPT_SETS, VARIANT_LABELS, VARIANTS, MetricsSection
 from hhalign.data.responses import canonical_variant
 from hhalign.errors import MetricsError
-from hhalign.stats import validity
+from hhalign.stats import safety, validity
+from hhalign.stats.treatments import START
 from hhalign.stats.intervals import (
     bootstrap_rates,
     exact_scores,
@@ -287,14 +288,34 @@ def judged_thresholds(cfg: MetricsSection, judge: dict[str, Any] | None) -> Metr
     a typical human reply of HH-RLHF; an axis rated by a distilled judge keeps the reference judge's threshold
     (score.reference_*_threshold: it rates on that judge's scale). ``config``: the configured thresholds."""
     if cfg.thresholds_from == "config":
-        return cfg
+        own = _own_thresholds(judge)
+        return replace(cfg, harmful_threshold=own.get("harmful", cfg.harmful_threshold), helpful_threshold=own.get("helpful", cfg.helpful_threshold))
     if not judge or not judge.get("chosen_ratings"):
         raise MetricsError("metrics.thresholds_from is heldout_median, but the judge was not checked on held-out pairs "
                            "(set score.judge_pairs above 0, or metrics.thresholds_from: config)")
     median = float(np.median(judge["chosen_ratings"] + judge["rejected_ratings"]))
-    # an axis rated by a judge distilled from the reference rates on the reference's scale: the reference's threshold
-    own = {s: float(judge["reference"]["thresholds"][s]) for s, a in (judge.get("axes") or {}).items() if a.get("scale") == "reference"}
+    own = _own_thresholds(judge)
     return replace(cfg, harmful_threshold=own.get("harmful", median), helpful_threshold=own.get("helpful", median))
+
+
+def _run_threshold(cfg: MetricsSection, judge: dict[str, Any] | None, prompt_set: str) -> float:
+    """Where a reward-model judge without a threshold of its own labels: the run's metrics threshold of the axis
+    (configured, or the run's reward model's held-out median)."""
+    if cfg.thresholds_from == "heldout_median" and (judge or {}).get("chosen_ratings"):
+        return float(np.median(judge["chosen_ratings"] + judge["rejected_ratings"]))
+    return float(getattr(cfg, f"{prompt_set}_threshold"))
+
+
+def _own_thresholds(judge: dict[str, Any] | None) -> dict[str, float]:
+    """The axes whose headline judge labels at a threshold of its own (a classifier's 0, an llm's mid-scale, a
+    distilled judge's reference threshold, one set in score.judges), not at the run's metrics thresholds."""
+    out = {}
+    for s, a in ((judge or {}).get("axes") or {}).items():
+        if a.get("threshold") is not None:
+            out[s] = float(a["threshold"])
+        elif a.get("scale") == "reference":  # a judge.json written before judges carried their thresholds
+            out[s] = float(judge["reference"]["thresholds"][s])
+    return out
 
 
 def judge_validity(judge: dict[str, Any] | None, thresholds: dict[str, float], cfg: MetricsSection) -> dict[str, Any]:
@@ -303,9 +324,16 @@ def judge_validity(judge: dict[str, Any] | None, thresholds: dict[str, float], c
     judge = judge or {}
     samples = min(validity.BOOTSTRAP, cfg.bootstrap_samples)
     reference = validity.reference_agreement(judge.get("reference"), thresholds, samples, cfg.seed)
-    axes = {s: validity.axis_status(s, (judge.get("axes") or {}).get(s), ((reference or {}).get("sets") or {}).get(s))
+    axes = {s: validity.axis_status(s, (judge.get("axes") or {}).get(s), ((reference or {}).get("sets") or {}).get(s),
+                                    _kind((judge.get("axes") or {}).get(s)))
             for s in PROMPT_SETS}
     return {"axes": axes, "reference": reference}
+
+
+def _kind(axis: dict[str, Any] | None) -> str | None:
+    """The kind of an axis's headline judge (a judge.json of before kinds were recorded: by its built-in name)."""
+    axis = axis or {}
+    return axis.get("kind") or ("distilled" if axis.get("judge") == "distilled" else None)
 
 
 def caveats(metrics: dict[str, Any], judge: dict[str, Any] | None, toy: bool) -> list[dict[str, str]]:
@@ -353,12 +381,62 @@ def merge_caveats(by_owner: list[tuple[str, list[dict[str, Any]]]], skip: tuple[
 
 
 def measure(data: dict[str, dict[str, list[dict[str, Any]]]], judge: dict[str, Any] | None, cfg: MetricsSection,
-            toy: bool, labels: dict[str, str] | None = None) -> dict[str, Any]:
+            toy: bool, labels: dict[str, str] | None = None, starts: dict[str, str] | None = None) -> dict[str, Any]:
     """The metrics of rated responses (variant -> set -> entries), with the judge's check (the score stage's
     judge.json, or None), each rate's validity and the caveats the numbers carry. ``toy``: the policies are the
     tiny from-scratch models. Reading them from a run folder: ``hhalign.engine.folder.RunFolder.measure``."""
     metrics = compute_metrics(data, judged_thresholds(cfg, judge), labels)
     metrics["judge"] = judge
     metrics["validity"] = judge_validity(judge, metrics["thresholds"], cfg)
-    metrics["caveats"] = caveats(metrics, judge, toy)
+    metrics["judges"] = panel(_normalise(data), judge, metrics["thresholds"], cfg)
+    shown = {v: b["label"] for v, b in metrics["variants"].items()}
+    metrics["two_sided"] = safety.two_sided(_normalise(data), metrics["thresholds"], is_degenerate, _starts(starts, metrics["variants"]),
+                                            shown, min(validity.BOOTSTRAP, cfg.bootstrap_samples), cfg.seed)
+    metrics["caveats"] = caveats(metrics, judge, toy) + [{k: f[k] for k in ("kind", "short", "text")} for f in metrics["two_sided"]["flags"]]
     return metrics
+
+
+def _starts(starts: dict[str, str] | None, variants: dict[str, Any]) -> dict[str, str]:
+    """Each trained variant's start (a run's declared ones; else the study's, for a folder of the study's files)."""
+    return {v: s for v, s in (starts if starts is not None else START).items() if v in variants and s in variants}
+
+
+# ----------------------------------------------------------------------------- several judges per axis
+
+
+def panel(data: dict[str, dict[str, list[dict[str, Any]]]], judge: dict[str, Any] | None, thresholds: dict[str, float],
+          cfg: MetricsSection) -> dict[str, Any]:
+    """Per prompt set, every judge that rated it (the entries' "ratings"): its rate per variant with a Wilson interval
+    at its own threshold, its held-out check and verdict; and each two judges' agreement over every answer
+    (``hhalign.stats.validity.agreement``: Cohen's kappa of labels, Spearman of ratings, intervals resampling
+    prompts). "headline": the judge the set's rate (HmR / HpR) uses."""
+    samples = min(validity.BOOTSTRAP, cfg.bootstrap_samples)
+    axes = (judge or {}).get("axes") or {}
+    out: dict[str, Any] = {}
+    for prompt_set in PROMPT_SETS:
+        have = [v for v in data if prompt_set in data[v]]
+        names = [n for n in (data[have[0]][prompt_set][0].get("ratings") or {})] if have else []
+        if not names or not all(set(e.get("ratings") or {}) == set(names) for v in have for e in data[v][prompt_set]):
+            continue
+        record = (axes.get(prompt_set) or {}).get("judges") or {}
+        judges, matrices = {}, {}
+        for n in names:
+            mine = record.get(n) or {}
+            t = (thresholds[prompt_set] if n == names[0] else float(mine["threshold"]) if mine.get("threshold") is not None
+                 else _run_threshold(cfg, judge, prompt_set))
+            m = np.array([[float(e["ratings"][n]) for e in data[v][prompt_set]] for v in have]).T  # (prompts, variants)
+            matrices[n] = (m, t)
+            rates = {}
+            for i, v in enumerate(have):
+                k = int(np.sum(m[:, i] > t))
+                rates[v] = {"n": int(m.shape[0]), "positives": k, "rate": 100.0 * k / m.shape[0], "wilson": wilson_interval(k, m.shape[0])}
+            status = validity.axis_status(prompt_set, {kk: vv for kk, vv in mine.items() if kk != "judges"} or None, None, mine.get("kind"))
+            judges[n] = {"kind": mine.get("kind"), "threshold": t, "rates": rates, "heldout": mine or None, "status": status["status"]}
+        agreement = []
+        for a, b in combinations(names, 2):
+            (ma, ta), (mb, tb) = matrices[a], matrices[b]
+            res = validity.agreement(ma, mb, (ta, tb), samples, cfg.seed)
+            agreement.append({"a": a, "b": b, "prompts": res["prompts"], "answers": res["answers"], "kappa": res["kappa"],
+                              "spearman": res["spearman"]})
+        out[prompt_set] = {"headline": names[0], "variants": have, "judges": judges, "agreement": agreement}
+    return out

@@ -205,7 +205,7 @@ def length_controlled(y: Sequence[Sequence[float]], lengths: Sequence[Sequence[f
 # ----------------------------------------------------------------------------- per axis: what each rate can claim
 
 AXES = {"harmful": ("HmR", "harmlessness"), "helpful": ("HpR", "helpfulness")}
-STATUSES = ("validated", "unvalidated", "at chance", "not shown to agree", "inverted")
+STATUSES = ("validated", "proxy of the reference judge", "unvalidated", "at chance", "not shown to agree", "inverted")
 
 
 def reference_agreement(reference: dict[str, Any] | None, thresholds: dict[str, float], samples: int = BOOTSTRAP,
@@ -226,13 +226,15 @@ def reference_agreement(reference: dict[str, Any] | None, thresholds: dict[str, 
     return {"source": reference.get("source"), "sets": sets}
 
 
-def axis_status(prompt_set: str, heldout: dict[str, Any] | None, reference: dict[str, Any] | None) -> dict[str, Any]:
+def axis_status(prompt_set: str, heldout: dict[str, Any] | None, reference: dict[str, Any] | None, kind: str | None = None) -> dict[str, Any]:
     """What the evidence says of the judge behind one rate (HmR: harmful set, HpR: helpful set).
 
     heldout: judge.json's check on this axis's own held-out pairs (``judge.axis_check``); reference: this set's
     ``agreement`` with a reference judge. In order: 'inverted' (the reference agreement lies wholly below none),
     'at chance' (its held-out pairs do not put the judge above 50%), 'not shown to agree' (with the reference),
-    'unvalidated' (neither held-out pairs of this axis nor a reference agreeing), else 'validated'.
+    'unvalidated' (neither held-out pairs of this axis nor a reference agreeing), else 'validated'; a judge of
+    ``kind`` distilled (fitted to the reference) is at best 'proxy of the reference judge': agreeing with what it was
+    fitted to shows it copies the reference, not that it measures the axis.
     """
     rate, what = AXES[prompt_set]
     checked = bool(heldout and heldout.get("pairs"))
@@ -257,6 +259,8 @@ def axis_status(prompt_set: str, heldout: dict[str, Any] | None, reference: dict
         status = "at chance"
     elif ref_verdict == "not shown to agree":
         status = "not shown to agree"
+    elif kind == "distilled":
+        status = "proxy of the reference judge"
     elif not checked and ref_verdict != "agrees":
         status = "unvalidated"
     else:
@@ -273,12 +277,16 @@ def _ci(stat: dict[str, Any], digits: int, unit: str = "") -> str:
 
 
 _SAYS = {
+    "proxy of the reference judge": "PROXY OF THE REFERENCE JUDGE",
     "unvalidated": "UNVALIDATED",
     "at chance": "JUDGE AT CHANCE",
     "not shown to agree": "judge not shown to agree with the reference judge",
     "inverted": "judge INVERTED against the reference judge",
 }
 _MEANS = {
+    "proxy of the reference judge": "the judge was fitted to the reference judge's ratings, so agreeing with them shows that it "
+                                    "reproduces the reference judge, not that it measures {what}: read {rate} (and CAS) as the "
+                                    "reference judge's opinion, as far as this proxy copies it",
     "unvalidated": "nothing shows that the judge's ratings measure {what}: read {rate} (and CAS, which averages it) as "
                    "this judge's opinion, not as {what}",
     "at chance": "the judge does not tell better {what} replies from worse ones better than a coin, so {rate} (and CAS) "
