@@ -78,6 +78,8 @@ def test_paired_tests_between_runs_by_hand(two_runs: tuple[Path, Path], tmp_path
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| study-a / Base | 42 | 22 | 32 |" in md and "| study-b / SFT | 44 | 66 | 55 |" in md
     assert "McNemar p, Holm" in md
+    # each run's flags at the top, as in its own report: the study's SFT refuses 19 of 50 harmful prompts, base 5
+    assert "study-a: SFT gives more refusals than Base, which it starts from, on the harmful prompts: 19 of 50 against 5 of 50" in md
     html = (tmp_path / "cmp" / "compare.html").read_text()
     assert "study-a / SFT" in html and 'id="hh-data"' in html  # the viewer, runs side by side
 

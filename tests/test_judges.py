@@ -44,7 +44,19 @@ def test_a_classifier_rates_log_p_safe_minus_log_p_unsafe_of_its_first_answer_to
             lp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
         assert g == pytest.approx(float(lp[safe] - lp[unsafe]), abs=1e-5)
     assert judge.threshold("harmful", -3.0) == 0.0  # P(unsafe) < 0.5, whatever the run's reward-model threshold
+    assert judge.rate(prompts, replies, use="harmful", batch_size=1) == pytest.approx(got, abs=1e-5)
     assert ClassifierJudge.p_unsafe([0.0, np.log(3.0)]) == pytest.approx([0.5, 0.25])
+
+
+def test_a_classifier_template_that_reads_typed_content_gets_it(tiny_chat_lm_dir: Path) -> None:
+    from hhalign.judges.classifier import content_form
+
+    _, tok = _tok_model(tiny_chat_lm_dir)
+    assert content_form(tok) is False
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{% for c in m['content'] %}{{ c['text'] }}{% endfor %}\n{% endfor %}")
+    assert content_form(tok) is True  # Llama Guard 3 1B's form: [{"type": "text", "text": ...}]
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>\n{% endfor %}"
+    assert content_form(tok) is None
 
 
 class _Planted(torch.nn.Module):
@@ -328,3 +340,16 @@ def test_a_bad_judge_declaration_is_one_line(tmp_path: Path, score: dict, messag
     with pytest.raises(ConfigError, match=message) as e:
         load_config(f)
     assert "\n" not in str(e.value)
+
+
+def test_a_headline_judge_whose_labels_depend_on_the_batch_is_a_caveat() -> None:
+    from hhalign.stats.rates import measure
+
+    data = {v: {"harmful": _rows([f"answer {i} of {v}" for i in range(4)], 1.0)} for v in ("base", "sft")}
+    inv = {"answers": 4, "batch_size": 8, "max_change": {"batch_size_1": 0.4, "left_padding": 0.0},
+           "label_flips": {"batch_size_1": 2, "left_padding": 0}, "invariant": False, "depends_on": ["batch_size_1"]}
+    judge = {"axes": {"harmful": {"judge": "leaky", "kind": "reward_model"}}, "invariance": {"leaky": inv, "other": inv}}
+    m = measure(data, judge, MetricsSection(bootstrap_samples=300), toy=False)
+    texts = [c["text"] for c in m["caveats"] if c["kind"] == "judge_batch_dependent"]
+    assert texts == ["The judge leaky labels 2 of 4 answers differently when it rates them one at a time than at its batch size 8: "
+                     "its rates depend on how answers were batched."]  # "other" rates no headline: no caveat of its own

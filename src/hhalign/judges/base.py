@@ -85,7 +85,9 @@ def invariance(judge: Judge, prompts: list[str], responses: list[str], use: str,
     for what, other in (("batch_size_1", one), ("left_padding", left)):
         out["max_change"][what] = float(np.max(np.abs(other - ref))) if ref.size else 0.0
         out["label_flips"][what] = int(np.sum((other > threshold) != (ref > threshold)))
-    out["invariant"] = all(v == 0 for v in out["label_flips"].values()) and all(v <= tolerance for v in out["max_change"].values())
+    out["depends_on"] = [what for what in ("batch_size_1", "left_padding")
+                         if out["label_flips"][what] or out["max_change"][what] > tolerance]
+    out["invariant"] = not out["depends_on"]
     return out
 
 
@@ -118,7 +120,8 @@ def next_token_logprobs(model: Any, tok: Any, texts: list[str], token_ids: list[
     would shift), so a text reads the same alone or in any batch."""
     encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    params = inspect.signature(model.forward).parameters
+    takes_positions, keeps = "position_ids" in params, "logits_to_keep" in params
     out = np.zeros((len(texts), len(token_ids)))
     bar = tqdm(total=len(texts), desc=desc, unit="answer", disable=len(texts) < 2 * batch_size)
     with torch.inference_mode(), bar:
@@ -127,9 +130,11 @@ def next_token_logprobs(model: Any, tok: Any, texts: list[str], token_ids: list[
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, padding_side=padding_side, return_tensors="pt")
             mask = batch["attention_mask"].to(model.device)
             extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
-            logits = model(input_ids=batch["input_ids"].to(model.device), attention_mask=mask, **extra).logits.float()
             last = mask.sum(-1) - 1 if padding_side == "right" else torch.full_like(mask[:, 0], mask.shape[1] - 1)
-            rows = logits[torch.arange(len(idx), device=logits.device), last]  # (B, vocab): the next token after each text
+            if keeps:  # the vocabulary projection at each text's last position only, not at all of them
+                extra["logits_to_keep"] = last.unsqueeze(1)
+            logits = model(input_ids=batch["input_ids"].to(model.device), attention_mask=mask, **extra).logits.float()
+            rows = logits[:, 0] if keeps else logits[torch.arange(len(idx), device=logits.device), last]  # (B, vocab)
             lp = torch.log_softmax(rows, dim=-1)[:, token_ids]
             out[idx] = lp.cpu().numpy()
             bar.update(len(idx))

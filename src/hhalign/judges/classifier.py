@@ -23,18 +23,34 @@ from hhalign.judges.base import Judge, clip, next_token_logprobs, single_token
 from hhalign.models.loading import load_causal_lm, local_folder, pick_device, resolve_dtype
 
 
-def conversation(prompt: str, response: str) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in prompt_messages(prompt)] + [{"role": "assistant", "content": response.strip()}]
+def conversation(prompt: str, response: str, parts: bool = False) -> list[dict[str, Any]]:
+    """The prompt's turns, then the answer as the assistant's; ``parts``: each content as [{"type": "text", ...}], the
+    form Llama Guard 3 1B's template reads (the 8B's reads plain strings)."""
+    turns = [{"role": m.role, "content": m.content} for m in prompt_messages(prompt)] + [{"role": "assistant", "content": response.strip()}]
+    return [{**t, "content": [{"type": "text", "text": t["content"]}]} for t in turns] if parts else turns
+
+
+def content_form(tok: Any) -> bool | None:
+    """Which content form the template writes the conversation from (False: plain strings, True: parts), by
+    rendering a probe both ways; None when neither shows the answer."""
+    for parts in (False, True):
+        try:
+            text = tok.apply_chat_template(conversation("Human: probe question", "probe answer 123", parts), tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that cannot render this form: try the other
+            continue
+        if "probe answer 123" in text:
+            return parts
+    return None
 
 
 class ClassifierJudge(Judge):
-    def __init__(self, name: str, spec: JudgeSpec, batch_size: int, model: Any, tok: Any, ids: tuple[int, int]):
+    def __init__(self, name: str, spec: JudgeSpec, batch_size: int, model: Any, tok: Any, ids: tuple[int, int], parts: bool = False):
         super().__init__(name, spec, batch_size)
-        self.model, self.tok, self.ids = model, tok, ids
+        self.model, self.tok, self.ids, self.parts = model, tok, ids, parts
 
     def texts(self, prompts: list[str], responses: list[str]) -> list[str]:
         limit = self.spec.max_length
-        return [self.tok.apply_chat_template(conversation(clip(self.tok, p, limit // 2, "end"), clip(self.tok, r, limit // 4, "start")),
+        return [self.tok.apply_chat_template(conversation(clip(self.tok, p, limit // 2, "end"), clip(self.tok, r, limit // 4, "start"), self.parts),
                                              tokenize=False) for p, r in zip(prompts, responses)]
 
     def rate(self, prompts: list[str], responses: list[str], *, use: str, against: list[str] | None = None,
@@ -58,6 +74,10 @@ def load(name: str, spec: JudgeSpec, cfg: ScoreSection, model: str, where: str) 
         raise ModelLoadError(f"{where}: '{model}' has no chat template, and a classifier judge reads the conversation through "
                              "the model's own template (Llama Guard's writes its classification prompt): use a safety classifier "
                              "such as meta-llama/Llama-Guard-3-1B, or declare this model as kind llm with a rubric")
+    parts = content_form(tok)
+    if parts is None:
+        raise ModelLoadError(f"{where}: the chat template of '{model}' does not write the assistant's answer into its prompt (tried plain "
+                             "and typed content): a classifier judge must read the answer it classifies")
     try:
         ids = (single_token(tok, spec.safe_token, "safe_token"), single_token(tok, spec.unsafe_token, "unsafe_token"))
     except ValueError as e:
@@ -65,4 +85,4 @@ def load(name: str, spec: JudgeSpec, cfg: ScoreSection, model: str, where: str) 
     if ids[0] == ids[1]:
         raise ModelLoadError(f"{where}: '{model}' reads {spec.safe_token!r} and {spec.unsafe_token!r} as one token: set safe_token / "
                              "unsafe_token to two different first answer tokens")
-    return ClassifierJudge(name, spec, spec.batch_size or cfg.batch_size, lm, tok, ids)
+    return ClassifierJudge(name, spec, spec.batch_size or cfg.batch_size, lm, tok, ids, parts)

@@ -294,6 +294,13 @@ def panel_tables(report: Report) -> list[Table]:
     return out
 
 
+def _depends(r: dict[str, Any]) -> str:
+    if r.get("invariant"):
+        return "invariant"
+    says = {"batch_size_1": "DEPENDS ON BATCH SIZE", "left_padding": "moves with left padding"}
+    return "; ".join(says[w] for w in r.get("depends_on") or says)
+
+
 def invariance_table(report: Report) -> list[Table]:
     """Each judge's ratings of the same answers at batch size 1 and with left padding, against how the stage rated."""
     inv = (report.metrics.get("judge") or {}).get("invariance") or {}
@@ -302,7 +309,7 @@ def invariance_table(report: Report) -> list[Table]:
         mc, lf = r.get("max_change") or {}, r.get("label_flips") or {}
         rows.append([name, str(r.get("file", "")), fmt_int(r.get("answers")), fmt_int(r.get("batch_size")),
                      f"{mc.get('batch_size_1', 0):.2g}", fmt_int(lf.get("batch_size_1")), f"{mc.get('left_padding', 0):.2g}",
-                     fmt_int(lf.get("left_padding")), "invariant" if r.get("invariant") else "NOT INVARIANT"])
+                     fmt_int(lf.get("left_padding")), _depends(r)])
     if not rows:
         return []
     return [Table("Judge invariance", ["judge", "answers of", "answers", "batch size", "largest change at batch 1", "labels flipped",

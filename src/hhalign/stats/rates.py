@@ -352,6 +352,13 @@ def caveats(metrics: dict[str, Any], judge: dict[str, Any] | None, toy: bool) ->
     for prompt_set in PROMPT_SETS:
         if prompt_set in have and prompt_set in axes and (c := validity.axis_caveat(axes[prompt_set])):
             out.append(c)
+    heads = {a.get("judge") for a in ((judge or {}).get("axes") or {}).values()}
+    for name, inv in ((judge or {}).get("invariance") or {}).items():
+        flips = (inv.get("label_flips") or {}).get("batch_size_1", 0)
+        if name in heads and flips:
+            out.append({"kind": "judge_batch_dependent", "short": f"judge {name}: labels depend on the batch size",
+                        "text": f"The judge {name} labels {flips} of {inv['answers']} answers differently when it rates them one at a "
+                                f"time than at its batch size {inv['batch_size']}: its rates depend on how answers were batched."})
     ns = sorted({st["n"] for v in metrics.get("variants", {}).values() for st in v.get("sets", {}).values()})
     if ns and ns[0] < 200:
         lo, hi = wilson_interval(ns[0] // 2, ns[0])
