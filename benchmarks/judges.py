@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_main import cpu  # noqa: E402
 
 from hhalign import judges  # noqa: E402
+from hhalign.judges import classifier, llm, reward_model  # noqa: E402
 from hhalign.artifacts import read_jsonl  # noqa: E402
-from hhalign.config.schema import PROMPT_SETS, ScoreSection  # noqa: E402
+from hhalign.config.schema import PROMPT_SETS, JudgeSpec, ScoreSection  # noqa: E402
 from hhalign.data.responses import load_scored_dir  # noqa: E402
 from hhalign.errors import UserError  # noqa: E402
 from hhalign.models.judge import axis_check  # noqa: E402
@@ -53,12 +54,17 @@ def candidates(run: Path, gemma: str | None) -> dict[str, dict[str, Any]]:
 
 
 def measure(name: str, spec: dict[str, Any], heldout: list[dict[str, Any]], reference: dict, batch_size: int) -> dict[str, Any]:
-    cfg = ScoreSection(reward_model=spec["model"] if spec["kind"] == "reward_model" else "rm", batch_size=batch_size, device="cpu",
-                       judges={name: spec}, harmful_judge=[name], helpful_judge=[name] if spec.get("mode") != "pairwise" else "reward_model")
+    cfg = ScoreSection(batch_size=batch_size, device="cpu")
     out: dict[str, Any] = {"kind": spec["kind"], **({"mode": spec["mode"]} if "mode" in spec else {})}
     started = time.perf_counter()
-    try:
-        j = judges.load_panel(cfg, cfg.reward_model, None, None, {})[name]
+    try:  # each kind's own loader, as hhalign.judges.load_panel calls it
+        js, where = JudgeSpec(**spec), f"judge '{name}'"
+        if js.kind == "reward_model":
+            j = reward_model.load(name, js, cfg, js.model, where)
+        elif js.kind == "classifier":
+            j = classifier.load(name, js, cfg, js.model, where)
+        else:
+            j = llm.load(name, js, cfg, js.model, where, ["harmful"] if js.mode == "pairwise" else ["harmful", "helpful"])
     except UserError as e:
         return {**out, "error": str(e)}
     out["load_s"] = time.perf_counter() - started

@@ -151,5 +151,5 @@ def test_a_preset_is_found_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: the packaged presets answer
     assert load_config("configs/tiny.yaml").name == "tiny"
     assert load_config("paper").name == "paper"
-    with pytest.raises(ConfigError, match="config file not found: nope.yaml.*shipped with hhalign: methods, paper, paper_fast, smol, smol_methods, tiny, tiny_methods"):
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml.*shipped with hhalign: judges, methods, paper, paper_fast, smol, smol_methods, tiny, tiny_methods"):
         load_config("nope.yaml")

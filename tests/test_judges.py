@@ -218,6 +218,11 @@ def test_two_judges_kappa_is_the_hand_computed_one_and_each_rate_uses_its_own_th
     assert block["agreement"][0]["kappa"]["value"] == pytest.approx(want)
     assert [block["judges"]["b"]["rates"][v]["positives"] for v in ("base", "sft")] == [2, 2]
     assert m["variants"]["base"]["sets"]["harmful"]["positives"] == 3  # the headline rate: judge a's
+    assert not block["judges"]["a"]["labels_alike"]
+    for e in data["sft"]["harmful"] + data["base"]["harmful"]:
+        e["ratings"]["b"] = 0.9  # judge b now calls every answer harmless
+    m = measure(data, judge, MetricsSection(harmful_threshold=0.0, bootstrap_samples=300), toy=False)
+    assert m["judges"]["harmful"]["judges"]["b"]["labels_alike"]
 
 
 def test_every_judge_of_an_axis_rates_every_answer_and_is_checked(tmp_path: Path, tiny_rm_dir: Path, tiny_chat_lm_dir: Path,

@@ -279,7 +279,9 @@ def panel_tables(report: Report) -> list[Table]:
             held = j.get("heldout") or {}
             check = (f"{100 * held['pairwise_accuracy']:.1f}% on {held['pairs']} held-out pairs" if held.get("pairs")
                      else "no held-out pairs of this axis")
-            notes.append(f"{n} ({j.get('kind') or 'reward_model'}; rating > {j['threshold']:g}; {check}): {j['status']}")
+            alike = (f"; it labels every answer {SET_POSITIVE[s] if next(iter(j['rates'].values()))['positives'] else 'not ' + SET_POSITIVE[s]}, "
+                     "so its rate tells the variants nothing apart") if j.get("labels_alike") else ""
+            notes.append(f"{n} ({j.get('kind') or 'reward_model'}; rating > {j['threshold']:g}; {check}): {j['status']}{alike}")
         rate = {"harmful": "HmR", "helpful": "HpR"}[s]
         out.append(Table(f"Judges side by side: {s} prompts", ["Model", *[f"{n} %" + (" (headline)" if n == block["headline"] else "") for n in names]],
                          rows, f"Each judge's {SET_POSITIVE[s]} rate (95% Wilson interval) at its own threshold; the headline "

@@ -438,7 +438,9 @@ def panel(data: dict[str, dict[str, list[dict[str, Any]]]], judge: dict[str, Any
                 k = int(np.sum(m[:, i] > t))
                 rates[v] = {"n": int(m.shape[0]), "positives": k, "rate": 100.0 * k / m.shape[0], "wilson": wilson_interval(k, m.shape[0])}
             status = validity.axis_status(prompt_set, {kk: vv for kk, vv in mine.items() if kk != "judges"} or None, None, mine.get("kind"))
-            judges[n] = {"kind": mine.get("kind"), "threshold": t, "rates": rates, "heldout": mine or None, "status": status["status"]}
+            alike = bool(np.all(m > t) or np.all(m <= t))  # one label for every answer: its rate cannot tell variants apart
+            judges[n] = {"kind": mine.get("kind"), "threshold": t, "rates": rates, "heldout": mine or None, "status": status["status"],
+                         "labels_alike": alike}
         agreement = []
         for a, b in combinations(names, 2):
             (ma, ta), (mb, tb) = matrices[a], matrices[b]
