@@ -358,3 +358,15 @@ def test_a_headline_judge_whose_labels_depend_on_the_batch_is_a_caveat() -> None
     texts = [c["text"] for c in m["caveats"] if c["kind"] == "judge_batch_dependent"]
     assert texts == ["The judge leaky labels 2 of 4 answers differently when it rates them one at a time than at its batch size 8: "
                      "its rates depend on how answers were batched."]  # "other" rates no headline: no caveat of its own
+
+
+def test_a_pairwise_judge_needs_a_base_variant(tmp_path: Path) -> None:
+    import yaml
+
+    from hhalign.config.files import load_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"variants": ["sft"], "score": {"judges": {"p": {"kind": "llm", "model": "m", "mode": "pairwise"}},
+                                                                "harmful_judge": ["reward_model", "p"]}}))
+    with pytest.raises(ConfigError, match=r"judge 'p' is pairwise: it rates every answer against base's, but no variant is the base model"):
+        load_config(f)

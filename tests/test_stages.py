@@ -384,7 +384,7 @@ def test_run_options_on_files_are_refused_not_ignored(extra: list[str], paper_di
 def test_the_preset_list_comes_from_the_package(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["run", "--help"])
-    assert "shipped preset by name (methods, paper, paper_fast, smol, smol_methods, tiny, tiny_methods)" in " ".join(capsys.readouterr().out.split())
+    assert "shipped preset by name (judges, methods, paper, paper_fast, smol, smol_methods, tiny, tiny_methods)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -434,6 +434,9 @@ def key_rows() -> list[tuple[str, Any, tuple[str, ...] | None, str]]:
                 walk(types_[f.name], f"{prefix}{f.name}.")
                 continue
             rows.append((f"{prefix}{f.name}", _default(f), f.metadata.get("choices"), f.metadata.get("help", "")))
+            item = typing.get_args(types_[f.name])[1] if typing.get_origin(types_[f.name]) is dict else None
+            if dataclasses.is_dataclass(item) and f.name != "variants":  # score.judges: each entry a section of its own
+                walk(item, f"{prefix}{f.name}.NAME.")
         section = prefix.rstrip(".")
         if section in PASSTHROUGH:
             module, name = PASSTHROUGH[section]

@@ -432,6 +432,10 @@ class RunConfig:
             if any(self.score.spec(n).kind == "distilled" for n in self.score.axis_judges(axis)) and not self.score.reference:
                 raise ConfigError(f"score.{axis}_judge is 'distilled', which learns from reference ratings, but score.reference "
                                   "is not set; name a folder of rated answers to the run's prompts", f"score.{axis}_judge")
+        pairwise = [n for a in PROMPT_SETS for n in self.score.axis_judges(a) if self.score.spec(n).kind == "llm" and self.score.spec(n).mode == "pairwise"]
+        if pairwise and self.base_variant() is None:
+            raise ConfigError(f"judge '{pairwise[0]}' is pairwise: it rates every answer against base's, but no variant is the base model "
+                              "(a variant with no method): declare one, or make the judge pointwise", f"score.judges.{pairwise[0]}.mode")
         if self.score.reward_model == RUN_RM and not self.rm.enabled:
             raise ConfigError("score.reward_model is 'rm' (this run's reward model) but rm.enabled is false; enable rm or name "
                               "a reward model", "score.reward_model")
