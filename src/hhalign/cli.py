@@ -64,7 +64,7 @@ GROUPS = (
     ("the study", ("run",)),
     ("its stages, one at a time (each in the config's run folder)", (*(s.name for s in STAGES), "train")),
     ("several runs", ("sweep", "compare")),
-    ("utilities", ("config", "prompts", "verify")),
+    ("utilities", ("config", "prompts", "verify", "export")),
 )
 EXAMPLES = {
     "run": ["hhalign run smol --data-dir ../shared/data/hh-rlhf", "hhalign run tiny --dry-run --set dpo.beta=0.2",
@@ -82,6 +82,7 @@ EXAMPLES = {
     "config": ["hhalign config --keys", "hhalign config smol --set dpo.beta=0.2"],
     "prompts": ["hhalign prompts --data-dir ../shared/data/hh-rlhf --out prompts/"],
     "verify": ["hhalign verify runs/smol"],
+    "export": ["hhalign export runs/smol --out smol.parquet", "hhalign export runs/smol --format jsonl --out smol.jsonl"],
 }
 
 
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
              "compare": "runs side by side: rates with intervals, paired tests with Holm's correction, figures",
              "config": "print a config resolved with overrides, or every key with its help",
              "prompts": "write only the study's eval prompt sets (harmful_prompts.json, helpful_prompts.json)",
-             "verify": "check every finished stage's outputs against its manifest (size and sha256); exit 1 if any differ"}
+             "verify": "check every finished stage's outputs against its manifest (size and sha256); exit 1 if any differ",
+             "export": "every rated answer of a run as one row (variant, prompt set, each judge's rating and label, length, flags)"}
     assert sorted(helps) == sorted(n for _, names in GROUPS for n in names), "every command in one group"
     parser = argparse.ArgumentParser(prog="hhalign", description=hhalign.__doc__, epilog=_commands_text(helps),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify")
     p.add_argument("run", help="a run folder (runs/NAME)")
+
+    p = command("export")
+    p.add_argument("run", help="a run folder (runs/NAME) whose metrics stage is done")
+    p.add_argument("--format", dest="fmt", choices=("parquet", "jsonl"), default=None,
+                   help="parquet (loads with datasets or pandas) or jsonl; default: from --out's suffix, else parquet")
+    p.add_argument("--out", required=True, help="the file to write (replaced atomically)")
 
     p = command("prompts")
     p.add_argument("--data-dir", required=True, help="local HH-RLHF folder, or a hub dataset id")
@@ -401,6 +409,20 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from hhalign.engine.folder import RunFolder
+    from hhalign.report.export import export_rows, write
+
+    run, out = Path(args.run), Path(args.out)
+    if not run.is_dir():
+        raise errors.UserError(f"run folder '{run}' does not exist")
+    fmt = args.fmt or ("jsonl" if out.suffix in (".jsonl", ".json") else "parquet")
+    rows = export_rows(RunFolder(run))
+    write(rows, out, fmt)
+    print(f"{out}: {len(rows)} answers, {len(rows[0]) if rows else 0} columns ({fmt})")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if parallel.launched() and args.command not in ("run", "train", *(s.name for s in STAGES)):
         raise errors.UserError(f"hhalign {args.command} runs as one process: start it without accelerate launch "
@@ -417,6 +439,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _prompts(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "export":
+        return _export(args)
     if args.command in ONE_SHOT:
         targets = args.targets
         if len(targets) == 1 and (targets[0].endswith((".yaml", ".yml")) or targets[0] in PRESETS):

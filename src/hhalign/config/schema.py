@@ -32,7 +32,7 @@ METHODS = ("sft", "dpo", "kto", "orpo", "simpo")  # each a config section and a 
 VARIANT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # names a variant cannot take: the fixed stages and the commands (`hhalign VARIANT CONFIG` shares their namespace)
 RESERVED_NAMES = ("convert", "data", "pretrain", "rm", "generate", "score", "metrics", "report", "run", "train", "sweep",
-                  "compare", "config", "prompts", "verify")
+                  "compare", "config", "prompts", "verify", "export")
 PROMPT_SETS = ("harmful", "helpful")
 PROTOCOLS = ("paper", "chat", "template")
 TINY = "tiny"  # model name that means "build from scratch" (see hhalign.models.loading)
