@@ -54,3 +54,26 @@ def test_export_needs_the_metrics_stage(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "no 09_metrics/metrics.json, whose thresholds label the answers: run `hhalign metrics CONFIG`" in err
     assert "Traceback" not in err and not (tmp_path / "x.parquet").exists()
+
+
+def test_model_cards_carry_the_rates_and_the_judges_verdicts(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    run = _measured(tmp_path)
+    assert main(["export", str(run), "--cards", str(tmp_path / "cards")]) == 0
+    metrics = json.loads((stage_dir(run, "metrics") / "metrics.json").read_text())
+    card = ModelCard.load(tmp_path / "cards" / "sft" / "README.md")
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert set(results) == {"hmr", "hpr", "cas"}
+    assert results["hmr"].metric_value == metrics["variants"]["sft"]["exact"]["HmR"]
+    assert results["hmr"].metric_args["ci95_wilson"] == pytest.approx(metrics["variants"]["sft"]["ci"]["HmR"]["wilson"])
+    assert (results["hmr"].metric_args["judge_verdict"], results["hpr"].metric_args["judge_verdict"]) == ("validated", "unvalidated")
+    assert card.data.base_model == "facebook/opt-350m" and "sft" in card.data.tags
+    assert "| HpR |" in card.text and "HpR, the helpfulness rate: UNVALIDATED" in card.text
+    study = ModelCard.load(tmp_path / "cards" / "README.md")
+    assert "| SFT |" in study.text and "| Base |" in study.text
+
+
+def test_export_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(_measured(tmp_path))]) != 0
+    assert "hhalign export needs --out FILE (the answers as rows), --cards DIR (model cards), or both" in capsys.readouterr().err

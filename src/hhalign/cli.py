@@ -82,7 +82,8 @@ EXAMPLES = {
     "config": ["hhalign config --keys", "hhalign config smol --set dpo.beta=0.2"],
     "prompts": ["hhalign prompts --data-dir ../shared/data/hh-rlhf --out prompts/"],
     "verify": ["hhalign verify runs/smol"],
-    "export": ["hhalign export runs/smol --out smol.parquet", "hhalign export runs/smol --format jsonl --out smol.jsonl"],
+    "export": ["hhalign export runs/smol --out smol.parquet", "hhalign export runs/smol --format jsonl --out smol.jsonl",
+               "hhalign export runs/smol --cards cards/"],
 }
 
 
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (runs/NAME) whose metrics stage is done")
     p.add_argument("--format", dest="fmt", choices=("parquet", "jsonl"), default=None,
                    help="parquet (loads with datasets or pandas) or jsonl; default: from --out's suffix, else parquet")
-    p.add_argument("--out", required=True, help="the file to write (replaced atomically)")
+    p.add_argument("--out", help="the file to write (replaced atomically)")
+    p.add_argument("--cards", help="also write evaluated model cards here: README.md for the study, VARIANT/README.md for each variant")
 
     p = command("prompts")
     p.add_argument("--data-dir", required=True, help="local HH-RLHF folder, or a hub dataset id")
@@ -413,13 +415,22 @@ def _export(args: argparse.Namespace) -> int:
     from hhalign.engine.folder import RunFolder
     from hhalign.report.export import export_rows, write
 
-    run, out = Path(args.run), Path(args.out)
+    from hhalign.report.cards import write_cards
+
+    run = Path(args.run)
     if not run.is_dir():
         raise errors.UserError(f"run folder '{run}' does not exist")
-    fmt = args.fmt or ("jsonl" if out.suffix in (".jsonl", ".json") else "parquet")
-    rows = export_rows(RunFolder(run))
-    write(rows, out, fmt)
-    print(f"{out}: {len(rows)} answers, {len(rows[0]) if rows else 0} columns ({fmt})")
+    if not args.out and not args.cards:
+        raise errors.UserError("hhalign export needs --out FILE (the answers as rows), --cards DIR (model cards), or both")
+    if args.out:
+        out = Path(args.out)
+        fmt = args.fmt or ("jsonl" if out.suffix in (".jsonl", ".json") else "parquet")
+        rows = export_rows(RunFolder(run))
+        write(rows, out, fmt)
+        print(f"{out}: {len(rows)} answers, {len(rows[0]) if rows else 0} columns ({fmt})")
+    if args.cards:
+        written = write_cards(RunFolder(run), Path(args.cards))
+        print(f"{args.cards}: {len(written)} model cards (the study's and {len(written) - 1} variants')")
     return 0
 
 
