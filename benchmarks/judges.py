@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_main import cpu  # noqa: E402
 
 from hhalign import judges  # noqa: E402
-from hhalign.judges import classifier, llm, reward_model  # noqa: E402
 from hhalign.artifacts import read_jsonl  # noqa: E402
 from hhalign.config.schema import PROMPT_SETS, JudgeSpec, ScoreSection  # noqa: E402
 from hhalign.data.responses import load_scored_dir  # noqa: E402
@@ -57,14 +56,9 @@ def measure(name: str, spec: dict[str, Any], heldout: list[dict[str, Any]], refe
     cfg = ScoreSection(batch_size=batch_size, device="cpu")
     out: dict[str, Any] = {"kind": spec["kind"], **({"mode": spec["mode"]} if "mode" in spec else {})}
     started = time.perf_counter()
-    try:  # each kind's own loader, as hhalign.judges.load_panel calls it
-        js, where = JudgeSpec(**spec), f"judge '{name}'"
-        if js.kind == "reward_model":
-            j = reward_model.load(name, js, cfg, js.model, where)
-        elif js.kind == "classifier":
-            j = classifier.load(name, js, cfg, js.model, where)
-        else:
-            j = llm.load(name, js, cfg, js.model, where, ["harmful"] if js.mode == "pairwise" else ["harmful", "helpful"])
+    try:
+        js = JudgeSpec(**spec)
+        j = judges.load_one(name, js, cfg, js.model, ["harmful"] if js.mode == "pairwise" else ["harmful", "helpful"])
     except UserError as e:
         return {**out, "error": str(e)}
     out["load_s"] = time.perf_counter() - started

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hhalign.config.schema import PROMPT_SETS, ScoreSection
+from hhalign.config.schema import PROMPT_SETS, JudgeSpec, ScoreSection
 from hhalign.errors import ModelLoadError, UserError
 from hhalign.judges import classifier, distilled, llm, reward_model
 from hhalign.judges.base import Judge, heldout, invariance
 
-__all__ = ["Judge", "heldout", "invariance", "load_panel", "uses", "model_of"]
+__all__ = ["Judge", "heldout", "invariance", "load_one", "load_panel", "uses", "model_of"]
 
 
 def uses(cfg: ScoreSection) -> dict[str, list[str]]:
@@ -54,16 +54,25 @@ def load_panel(cfg: ScoreSection, run_reward_model: str, reward_loaded: tuple | 
     tokenizer, device), shared by every reward_model judge on that model."""
     panel: dict[str, Judge] = {}
     for name, axes in uses(cfg).items():
-        spec, model, where = cfg.spec(name), model_of(name, cfg, run_reward_model), _where(name, axes)
-        try:
-            if spec.kind == "reward_model":
-                panel[name] = reward_model.load(name, spec, cfg, model, where, reward_loaded if model == run_reward_model else None)
-            elif spec.kind == "classifier":
-                panel[name] = classifier.load(name, spec, cfg, model, where)
-            elif spec.kind == "llm":
-                panel[name] = llm.load(name, spec, cfg, model, where, axes)
-            else:
-                panel[name] = distilled.load(name, spec, model, reference or {}, [a for a in axes if a in PROMPT_SETS], reference_thresholds)
-        except ModelLoadError as e:
-            raise UserError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
+        model = model_of(name, cfg, run_reward_model)
+        shared = reward_loaded if model == run_reward_model else None
+        panel[name] = load_one(name, cfg.spec(name), cfg, model, axes, shared, reference, reference_thresholds)
     return panel
+
+
+def load_one(name: str, spec: JudgeSpec, cfg: ScoreSection, model: str, uses: list[str], reward_loaded: tuple | None = None,
+             reference: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
+             reference_thresholds: dict[str, float] | None = None) -> Judge:
+    """One judge by its kind's loader; ``uses``: what it rates (axes, refusal). A model that cannot serve as this
+    judge: a UserError naming the judge and the keys that name it."""
+    where = _where(name, uses)
+    try:
+        if spec.kind == "reward_model":
+            return reward_model.load(name, spec, cfg, model, where, reward_loaded)
+        if spec.kind == "classifier":
+            return classifier.load(name, spec, cfg, model, where)
+        if spec.kind == "llm":
+            return llm.load(name, spec, cfg, model, where, uses)
+        return distilled.load(name, spec, model, reference or {}, [a for a in uses if a in PROMPT_SETS], reference_thresholds or {})
+    except ModelLoadError as e:
+        raise UserError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e

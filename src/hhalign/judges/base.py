@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hhalign.config.schema import JudgeSpec
+from hhalign.config.schema import JudgeSpec, ScoreSection
+from hhalign.errors import ModelLoadError
 from hhalign.models.judge import check, judge_view
+from hhalign.models.loading import load_causal_lm, local_folder, pick_device, resolve_dtype
 
-POSITIVE = {"harmful": "harmless", "helpful": "helpful", "refusal": "a refusal"}
 # a rating change below this share of the ratings' spread (or of 1, for ratings that do not spread) is rounding
 INVARIANCE_TOLERANCE = 1e-3
 
@@ -92,6 +93,16 @@ def invariance(judge: Judge, prompts: list[str], responses: list[str], use: str,
 
 
 # ----------------------------------------------------------------------------- next-token judges (classifier, llm)
+
+
+def load_chat_lm(model: str, cfg: ScoreSection, where: str, why: str) -> tuple[Any, Any]:
+    """A next-token judge's model and tokenizer (a hub id, folder or .gguf file), which must have a chat template;
+    ``why``: what the judge reads through it, and what to use instead, for the error."""
+    device = pick_device(cfg.device)
+    lm, tok = load_causal_lm(local_folder(model), device=device, dtype=resolve_dtype(cfg.dtype, device))
+    if not getattr(tok, "chat_template", None):
+        raise ModelLoadError(f"{where}: '{model}' has no chat template, and {why}")
+    return lm, tok
 
 
 def clip(tok: Any, text: str, limit: int, keep: str) -> str:

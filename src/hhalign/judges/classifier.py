@@ -19,8 +19,7 @@ import numpy as np
 from hhalign.config.schema import JudgeSpec, ScoreSection
 from hhalign.data.formats import prompt_messages
 from hhalign.errors import ModelLoadError
-from hhalign.judges.base import Judge, clip, next_token_logprobs, single_token
-from hhalign.models.loading import load_causal_lm, local_folder, pick_device, resolve_dtype
+from hhalign.judges.base import Judge, clip, load_chat_lm, next_token_logprobs, single_token
 
 
 def conversation(prompt: str, response: str, parts: bool = False) -> list[dict[str, Any]]:
@@ -68,12 +67,9 @@ class ClassifierJudge(Judge):
 
 
 def load(name: str, spec: JudgeSpec, cfg: ScoreSection, model: str, where: str) -> ClassifierJudge:
-    device = pick_device(cfg.device)
-    lm, tok = load_causal_lm(local_folder(model), device=device, dtype=resolve_dtype(cfg.dtype, device))
-    if not getattr(tok, "chat_template", None):
-        raise ModelLoadError(f"{where}: '{model}' has no chat template, and a classifier judge reads the conversation through "
-                             "the model's own template (Llama Guard's writes its classification prompt): use a safety classifier "
-                             "such as meta-llama/Llama-Guard-3-1B, or declare this model as kind llm with a rubric")
+    lm, tok = load_chat_lm(model, cfg, where, "a classifier judge reads the conversation through the model's own template "
+                           "(Llama Guard's writes its classification prompt): use a safety classifier such as "
+                           "meta-llama/Llama-Guard-3-1B, or declare this model as kind llm with a rubric")
     parts = content_form(tok)
     if parts is None:
         raise ModelLoadError(f"{where}: the chat template of '{model}' does not write the assistant's answer into its prompt (tried plain "

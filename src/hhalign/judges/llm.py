@@ -20,8 +20,7 @@ import numpy as np
 
 from hhalign.config.schema import JudgeSpec, ScoreSection
 from hhalign.errors import ModelLoadError
-from hhalign.judges.base import Judge, clip, next_token_logprobs, single_token
-from hhalign.models.loading import load_causal_lm, local_folder, pick_device, resolve_dtype
+from hhalign.judges.base import Judge, clip, load_chat_lm, next_token_logprobs, single_token
 
 _POINTWISE = ("Here is a conversation between a user and an AI assistant, and the assistant's reply.\n\n"
               "Conversation:\n{prompt}\n\nReply:\n{response}\n\n")
@@ -51,9 +50,6 @@ class LLMJudge(Judge):
         if use in self.spec.rubric:
             return self.spec.rubric[use]
         return (PAIRWISE_RUBRICS if self.pairwise else RUBRICS)[use]
-
-    def scale(self) -> str:
-        return "own"
 
     def score_range(self, use: str) -> tuple[int, int]:
         if self.spec.scale is not None and (use in self.spec.rubric or use != "refusal"):
@@ -104,11 +100,8 @@ class LLMJudge(Judge):
 
 
 def load(name: str, spec: JudgeSpec, cfg: ScoreSection, model: str, where: str, uses: list[str]) -> LLMJudge:
-    device = pick_device(cfg.device)
-    lm, tok = load_causal_lm(local_folder(model), device=device, dtype=resolve_dtype(cfg.dtype, device))
-    if not getattr(tok, "chat_template", None):
-        raise ModelLoadError(f"{where}: '{model}' has no chat template, and an llm judge reads its rubric as a user turn through "
-                             "the model's chat template: use an instruct model (one whose tokenizer has a chat_template)")
+    lm, tok = load_chat_lm(model, cfg, where, "an llm judge reads its rubric as a user turn through the model's chat template: "
+                           "use an instruct model (one whose tokenizer has a chat_template)")
     judge = LLMJudge(name, spec, spec.batch_size or cfg.batch_size, lm, tok)
     for use in uses:
         try:

@@ -44,7 +44,7 @@ def variant_card(folder: RunFolder, variant: str, metrics: dict[str, Any]) -> Mo
     config, starts = folder.config(), folder.starts()
     data = config.get("data") or {}
     dataset = _hub_id(str(data.get("source") or "")) or "Anthropic/hh-rlhf"
-    method = (folder.declared().get(variant) or {}).get("method") or ("sft" if variant == "sft" else "dpo" if variant in starts else None)
+    method = (folder.declared().get(variant) or {}).get("method")  # the list form's names carry the study's methods
     axes = (metrics.get("validity") or {}).get("axes") or {}
     results, rows = [], []
     for s in PROMPT_SETS:

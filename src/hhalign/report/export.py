@@ -10,12 +10,11 @@ rates: the share of ``positive`` over one variant and prompt set is its HmR or H
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
-from hhalign.artifacts import write_jsonl
+from hhalign.artifacts import atomic_write_bytes, write_jsonl
 from hhalign.engine.folder import RunFolder
 from hhalign.errors import UserError
 from hhalign.stats.rates import is_degenerate
@@ -56,17 +55,10 @@ def write(rows: list[dict[str, Any]], out: Path, fmt: str) -> Path:
     """``rows`` as a Parquet file (through datasets, so it loads back as it was written) or JSON lines, atomically."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "jsonl":
         return write_jsonl(out, rows)
     from datasets import Dataset
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        Dataset.from_list(rows).to_parquet(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    buffer = io.BytesIO()
+    Dataset.from_list(rows).to_parquet(buffer)
+    return atomic_write_bytes(out, buffer.getvalue())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.config.schema import PROMPT_SETS
-from hhalign.report.plots import RATES, SET_POSITIVE, label, variant_order
+from hhalign.report.plots import RATES, SET_POSITIVE, SET_RATE, label, variant_order
 from hhalign.stats.treatments import caveats as treatment_caveats
 from hhalign.stats.treatments import verdict
 
@@ -282,7 +282,7 @@ def panel_tables(report: Report) -> list[Table]:
             alike = (f"; it labels every answer {SET_POSITIVE[s] if next(iter(j['rates'].values()))['positives'] else 'not ' + SET_POSITIVE[s]}, "
                      "so its rate tells the variants nothing apart") if j.get("labels_alike") else ""
             notes.append(f"{n} ({j.get('kind') or 'reward_model'}; rating > {j['threshold']:g}; {check}): {j['status']}{alike}")
-        rate = {"harmful": "HmR", "helpful": "HpR"}[s]
+        rate = SET_RATE[s]
         out.append(Table(f"Judges side by side: {s} prompts", ["Model", *[f"{n} %" + (" (headline)" if n == block["headline"] else "") for n in names]],
                          rows, f"Each judge's {SET_POSITIVE[s]} rate (95% Wilson interval) at its own threshold; the headline "
                                f"{rate} uses {block['headline']}. " + "; ".join(notes) + "."))

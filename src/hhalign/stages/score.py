@@ -143,10 +143,7 @@ def rate_with_panel(path: Path, panel: dict[str, judges.Judge], cfg: RunConfig, 
         j = panel[name]
         if j.pairwise and variant == cfg.base_variant():
             ratings[name] = [0.5] * len(rows)
-        elif j.pairwise:
-            if prompt_set not in against:
-                raise UserError(f"judge '{name}' is pairwise (it rates answers against base's), but this run has no base answers to "
-                                f"{prompt_set} prompts: declare a base variant, or make the judge pointwise")
+        elif j.pairwise:  # RunConfig refuses a pairwise judge without a base variant, so base's answers are there
             ratings[name] = j.rate(prompts, responses, use=prompt_set, against=against[prompt_set], desc=f"{name} {path.stem}")
         else:
             ratings[name] = j.rate(prompts, responses, use=prompt_set, desc=f"{name} {path.stem}")
@@ -171,9 +168,9 @@ def _invariance(work: Any, cfg: RunConfig, panel: dict[str, judges.Judge], names
     n = cfg.score.invariance_answers
     if not n:
         return {}
-    out = {}
+    out, uses_of = {}, judges.uses(cfg.score)
     for name, j in panel.items():
-        uses = judges.uses(cfg.score)[name]
+        uses = uses_of[name]
         use = next((u for u in uses if u in PROMPT_SETS), uses[0])
         prompt_set = use if use in PROMPT_SETS else PROMPT_SETS[0]
         files = [f for f in names if parse_response_filename(f)[1] == prompt_set

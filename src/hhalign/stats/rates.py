@@ -293,7 +293,7 @@ def judged_thresholds(cfg: MetricsSection, judge: dict[str, Any] | None) -> Metr
     if not judge or not judge.get("chosen_ratings"):
         raise MetricsError("metrics.thresholds_from is heldout_median, but the judge was not checked on held-out pairs "
                            "(set score.judge_pairs above 0, or metrics.thresholds_from: config)")
-    median = float(np.median(judge["chosen_ratings"] + judge["rejected_ratings"]))
+    median = _heldout_median(judge)
     own = _own_thresholds(judge)
     return replace(cfg, harmful_threshold=own.get("harmful", median), helpful_threshold=own.get("helpful", median))
 
@@ -302,8 +302,13 @@ def _run_threshold(cfg: MetricsSection, judge: dict[str, Any] | None, prompt_set
     """Where a reward-model judge without a threshold of its own labels: the run's metrics threshold of the axis
     (configured, or the run's reward model's held-out median)."""
     if cfg.thresholds_from == "heldout_median" and (judge or {}).get("chosen_ratings"):
-        return float(np.median(judge["chosen_ratings"] + judge["rejected_ratings"]))
+        return _heldout_median(judge)
     return float(getattr(cfg, f"{prompt_set}_threshold"))
+
+
+def _heldout_median(judge: dict[str, Any]) -> float:
+    """The run's reward model's median rating of the held-out human replies, chosen and rejected pooled."""
+    return float(np.median(judge["chosen_ratings"] + judge["rejected_ratings"]))
 
 
 def _own_thresholds(judge: dict[str, Any] | None) -> dict[str, float]:
@@ -395,9 +400,10 @@ def measure(data: dict[str, dict[str, list[dict[str, Any]]]], judge: dict[str, A
     metrics = compute_metrics(data, judged_thresholds(cfg, judge), labels)
     metrics["judge"] = judge
     metrics["validity"] = judge_validity(judge, metrics["thresholds"], cfg)
-    metrics["judges"] = panel(_normalise(data), judge, metrics["thresholds"], cfg)
+    data = _normalise(data)  # checked by compute_metrics above; the judges' table and the two-sided view read it as well
+    metrics["judges"] = panel(data, judge, metrics["thresholds"], cfg)
     shown = {v: b["label"] for v, b in metrics["variants"].items()}
-    metrics["two_sided"] = safety.two_sided(_normalise(data), metrics["thresholds"], is_degenerate, _starts(starts, metrics["variants"]),
+    metrics["two_sided"] = safety.two_sided(data, metrics["thresholds"], is_degenerate, _starts(starts, metrics["variants"]),
                                             shown, min(validity.BOOTSTRAP, cfg.bootstrap_samples), cfg.seed)
     metrics["caveats"] = caveats(metrics, judge, toy) + [{k: f[k] for k in ("kind", "short", "text")} for f in metrics["two_sided"]["flags"]]
     return metrics
